@@ -1,0 +1,62 @@
+# trackdelivery: every target sets up what it needs on a fresh Debian machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := redis-server kcat openjdk-17-jre-headless maven
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+PYTEST_ARGS ?=
+
+.PHONY: install system-deps kafka-jars lint format test bench demo dev-up dev-down clean lock
+
+install: system-deps $(VENV)/.installed kafka-jars
+
+system-deps:
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v kcat >/dev/null || missing="$$missing kcat"; \
+	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
+	command -v mvn >/dev/null || missing="$$missing maven"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+kafka-jars:
+	@ls deploy/kafka/libs/kafka_2.13-*.jar >/dev/null 2>&1 || \
+		mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
+
+lock: $(VENV)/.installed
+	$(BIN)/pip freeze --exclude-editable | grep -v '^trackdelivery' > constraints.txt
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff check --fix .
+
+test: install
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: install
+	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+demo: install
+	$(BIN)/python -m trackdelivery.demo $(if $(LOG),--log $(LOG),)
+
+dev-up: install
+	$(BIN)/trackdelivery dev up
+
+dev-down:
+	$(BIN)/trackdelivery dev down
+
+clean:
+	-$(BIN)/trackdelivery dev down
+	rm -rf $(VENV) .dev bench/.cache .pytest_cache .mypy_cache .ruff_cache

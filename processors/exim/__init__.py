@@ -1,0 +1,1 @@
+"""Exim main-log understanding: line parser, correlator, reason classifier, retry rules (no I/O)."""

@@ -1,0 +1,119 @@
+"""The dev tooling against the real Kafka and Redis it starts."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import orjson
+import pytest
+import redis
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+
+from trackdelivery.devenv.kafka import KafkaBroker, random_cluster_id
+from trackdelivery.devenv.ports import port_open
+from trackdelivery.devenv.process import pid_alive
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+def test_produce_and_consume_through_a_real_topic(kafka_bootstrap: str, topic_factory) -> None:
+    topic = topic_factory(partitions=3)
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", compression_type="lz4")
+    sent = [f"line {i} {uuid.uuid4().hex}".encode() for i in range(500)]
+    for value in sent:
+        producer.send(topic, key=b"srv1.example.net", value=value)
+    producer.flush()
+    producer.close()
+
+    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=10000)
+    partitions = [TopicPartition(topic, p) for p in range(3)]
+    consumer.assign(partitions)
+    consumer.seek_to_beginning(*partitions)
+    received = []
+    for record in consumer:
+        received.append(record)
+        if len(received) == len(sent):
+            break
+    consumer.close()
+    # one key -> one partition -> the order of sending is kept
+    assert [r.value for r in received] == sent
+    assert {r.partition for r in received} == {received[0].partition}
+
+
+def test_write_and_read_redis(redis_client: redis.Redis, key_prefix: str) -> None:
+    key = f"{key_prefix}recent"
+    redis_client.zadd(key, {"a": 1.0, "b": 3.0, "c": 2.0})
+    assert redis_client.zrevrange(key, 0, 1) == [b"b", b"c"]
+    assert redis_client.dbsize() == 1
+
+
+def test_redis_databases_are_isolated_per_test(redis_client: redis.Redis) -> None:
+    assert redis_client.dbsize() == 0
+
+
+def test_broker_restart_keeps_data_and_port(tmp_path: Path) -> None:
+    broker = KafkaBroker(tmp_path / "kafka")
+    broker.start()
+    try:
+        from trackdelivery.devenv.topics import create_topics
+
+        create_topics(broker.bootstrap, {"kept": 1})
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
+        producer.send("kept", b"before restart").get(timeout=30)
+        producer.close()
+        port = broker.port
+        broker.stop()
+        assert not broker.running
+        assert not port_open("127.0.0.1", port)
+        broker.start()
+        assert broker.port == port
+        consumer = KafkaConsumer("kept", bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
+                                 consumer_timeout_ms=10000)
+        assert [r.value for r in consumer][:1] == [b"before restart"]
+        consumer.close()
+    finally:
+        broker.kill()
+    assert not broker.running
+
+
+def test_cluster_ids_are_valid_kafka_uuids() -> None:
+    ids = {random_cluster_id() for _ in range(50)}
+    assert len(ids) == 50
+    assert all(len(i) == 22 and "=" not in i for i in ids)
+
+
+def test_dev_up_status_down_leaves_no_process(tmp_path: Path) -> None:
+    env_dir = {"TRACKDELIVERY_DEV_DIR": str(tmp_path / "dev")}
+    command = [sys.executable, "-m", "trackdelivery", "dev"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        import os
+
+        return subprocess.run([*command, *args], capture_output=True, text=True, timeout=180,
+                              env={**os.environ, **env_dir}, check=False)
+
+    up = run("up", "--partitions", "2")
+    assert up.returncode == 0, up.stderr
+    assert "export KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:" in up.stdout
+    status = run("status", "--json")
+    assert status.returncode == 0, status.stderr
+    states = {s["name"]: s for s in orjson.loads(status.stdout)}
+    assert states["kafka"]["running"] and states["kafka"]["answering"]
+    assert states["redis"]["running"] and states["redis"]["answering"]
+    assert redis.Redis(port=states["redis"]["port"]).ping()
+    pids = [states["kafka"]["pid"], states["redis"]["pid"]]
+
+    again = run("up")  # idempotent: same processes
+    assert again.returncode == 0
+    assert f"pid {pids[0]}" in again.stdout
+
+    down = run("down")
+    assert down.returncode == 0
+    assert "kafka" in down.stdout and "redis" in down.stdout
+    assert not any(pid_alive(pid) for pid in pids)
+    assert not port_open("127.0.0.1", states["kafka"]["port"])
+    assert run("status").stdout.startswith("not running")

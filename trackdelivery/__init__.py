@@ -1,0 +1,1 @@
+"""trackdelivery: fleet-wide Track Delivery for Exim mail servers (shared schema, settings, CLI)."""

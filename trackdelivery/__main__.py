@@ -1,0 +1,3 @@
+from trackdelivery.cli import main
+
+main()

@@ -1,0 +1,2 @@
+class DevEnvError(RuntimeError):
+    """A local Kafka or Redis could not be set up, started or reached."""

@@ -1,0 +1,140 @@
+"""A real Apache Kafka 4.x broker (KRaft combined mode) run from the Maven Central jars.
+
+The jars are resolved by ``deploy/kafka/pom.xml`` into ``deploy/kafka/libs`` (cached, not committed);
+``ensure_jars()`` runs Maven when they are missing. A ``KafkaBroker`` owns one work directory: its
+config, data and console log. Restarting a stopped broker reuses its ports and data.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+
+from trackdelivery.devenv.exceptions import DevEnvError
+from trackdelivery.devenv.ports import free_port, port_open, wait_for
+from trackdelivery.devenv.process import ManagedProcess
+
+KAFKA_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
+READY_MARKER = b"Kafka Server started"
+
+
+def libs_dir() -> Path:
+    return Path(os.environ.get("TRACKDELIVERY_KAFKA_LIBS", KAFKA_DIR / "libs"))
+
+
+def ensure_jars() -> Path:
+    """Resolve the Kafka jars with Maven unless they are already there."""
+    libs = libs_dir()
+    if any(libs.glob("kafka_2.13-*.jar")):
+        return libs
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise DevEnvError("Kafka jars are missing and Maven (mvn) is not installed: run `make install`")
+    result = subprocess.run(
+        [mvn, "-q", "-B", "-f", str(KAFKA_DIR / "pom.xml"), "dependency:copy-dependencies",
+         f"-DoutputDirectory={libs}"],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0 or not any(libs.glob("kafka_2.13-*.jar")):
+        raise DevEnvError(f"Maven could not resolve the Kafka jars:\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return libs
+
+
+def java_binary() -> str:
+    java = shutil.which("java")
+    if java is None:
+        raise DevEnvError("java is not installed (Kafka needs Java 17+): run `make install`")
+    return java
+
+
+def random_cluster_id() -> str:
+    """A Kafka Uuid in its text form (URL-safe base64 of 16 bytes, no padding)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+
+
+class KafkaBroker(ManagedProcess):
+    """One single-node KRaft broker on loopback."""
+
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, controller_port: int | None = None, heap: str = "768m"
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.port = port or free_port()
+        self.controller_port = controller_port or free_port(exclude={self.port})
+        self.heap = heap
+        super().__init__()
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "server.properties"
+
+    @property
+    def console_log(self) -> Path:
+        return self.workdir / "kafka.out"
+
+    def _write_config(self) -> None:
+        template = (KAFKA_DIR / "server.properties.template").read_text()
+        self.config_path.write_text(
+            template.format(
+                node_id=1, port=self.port, controller_port=self.controller_port,
+                data_dir=self.workdir / "data",
+            )
+        )
+
+    def _format_storage(self, libs: Path) -> None:
+        if (self.workdir / "data" / "meta.properties").exists():
+            return
+        result = subprocess.run(
+            [java_binary(), "-cp", f"{libs}/*", "kafka.tools.StorageTool", "format", "--standalone",
+             "-t", random_cluster_id(), "-c", str(self.config_path)],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            raise DevEnvError(f"kafka StorageTool format failed:\n{result.stdout}{result.stderr}")
+
+    def start(self, timeout: float = 120.0, *, detach: bool = False) -> None:
+        """Format storage on the first start, start the broker and wait until it serves clients."""
+        if self.running:
+            return
+        libs = ensure_jars()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+        self._format_storage(libs)
+        log_offset = self.console_log.stat().st_size if self.console_log.exists() else 0
+        env = {**os.environ, "KAFKA_HEAP_OPTS": f"-Xms{self.heap} -Xmx{self.heap}"}
+        command = [
+            java_binary(), f"-Xms{self.heap}", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+            "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true",
+            f"-Dlog4j2.configurationFile={KAFKA_DIR / 'log4j2.properties'}",
+            f"-Dkafka.logs.dir={self.workdir / 'logs'}",
+            "-cp", f"{libs}/*", "kafka.Kafka", str(self.config_path),
+        ]
+        with self.console_log.open("ab") as out:
+            self._process = subprocess.Popen(
+                command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=env, start_new_session=detach,
+            )
+        self.pid = self._process.pid
+        try:
+            wait_for(lambda: self._ready(log_offset), timeout, f"Kafka on {self.bootstrap}")
+        except DevEnvError:
+            tail = self.console_log.read_bytes()[-3000:].decode("utf-8", "replace")
+            self.kill()
+            raise DevEnvError(f"Kafka did not start within {timeout:.0f}s; console log tail:\n{tail}") from None
+
+    def _ready(self, log_offset: int) -> bool:
+        if not self.running:
+            tail = self.console_log.read_bytes()[-3000:].decode("utf-8", "replace")
+            raise DevEnvError(f"Kafka exited during start-up:\n{tail}")
+        with self.console_log.open("rb") as log:
+            log.seek(log_offset)
+            started = READY_MARKER in log.read()
+        return started and port_open("127.0.0.1", self.port)
