@@ -19,6 +19,7 @@ class LineKind(StrEnum):
     FROZEN = "frozen"
     UNFROZEN = "unfrozen"
     CANCELLED = "cancelled"
+    ERROR_IGNORED = "error_ignored"  # "addr: error ignored": a failed bounce that Exim dropped
     HOST_ERROR = "host_error"  # per-host SMTP error / connection failure before a == or ** line
     REJECTION = "rejection"  # SMTP-time ACL rejection (usually no message id)
     SPAM_SCORE = "spam_score"  # cPanel: Warning: "SpamAssassin as ... detected message as [NOT ]spam (n)"
@@ -31,6 +32,7 @@ class LineKind(StrEnum):
     ARGUMENTS = "arguments"  # cwd=... N args: ...
     MESSAGE_INFO = "message_info"  # other understood lines about a message (DKIM, spool locked, ...)
     DAEMON = "daemon"  # other understood lines without a message id (daemon start, etc.)
+    NOTE = "note"  # well-formed line whose free text we do not interpret (ACL logwrite, add-ons)
     CONTINUATION = "continuation"  # no timestamp: continues the previous line
     UNKNOWN = "unknown"
 

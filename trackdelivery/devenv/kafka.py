@@ -52,8 +52,14 @@ def java_binary() -> str:
 
 
 def random_cluster_id() -> str:
-    """A Kafka Uuid in its text form (URL-safe base64 of 16 bytes, no padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+    """A Kafka Uuid in its text form (URL-safe base64 of 16 bytes, no padding).
+
+    Like Kafka's own ``Uuid.randomUuid`` it never starts with "-", which command lines would take for an option.
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode("ascii")
+        if not text.startswith("-"):
+            return text
 
 
 class KafkaBroker(ManagedProcess):
