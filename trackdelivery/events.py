@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 from typing import Any
 
 SCHEMA_VERSION = 1
@@ -71,6 +73,102 @@ class Reason(StrEnum):
     RETRY_WAIT = "retry_wait"
     EXPIRED = "expired"
     UNKNOWN = "unknown"
+
+
+#: One line per reason that an operator can act on.
+REASON_HINTS: Mapping[Reason, str] = MappingProxyType(
+    {
+        Reason.RECIPIENT_UNKNOWN: (
+            "The recipient address does not exist at the receiving server; ask the sender to check the "
+            "spelling or get a current address — retrying will not help."
+        ),
+        Reason.RECIPIENT_DOMAIN_INVALID: (
+            "The recipient's domain does not exist or accepts no mail (no MX/A, null MX); check the domain "
+            "part for typos or an expired domain."
+        ),
+        Reason.MAILBOX_INACTIVE: (
+            "The recipient's mailbox is disabled, suspended or closed; the sender should contact the "
+            "recipient another way and remove the address."
+        ),
+        Reason.MAILBOX_FULL: (
+            "The recipient's mailbox is over quota; ask them to free space — retrying will not help until then."
+        ),
+        Reason.MESSAGE_TOO_LARGE: (
+            "The message exceeds the receiver's size limit; send the attachment as a link or split it, then resend."
+        ),
+        Reason.GREYLISTED: (
+            "The receiver greylisted the first attempt; nothing to do — Exim retries and the next attempt "
+            "is normally accepted."
+        ),
+        Reason.RATE_LIMITED: (
+            "The receiver is throttling this server's IP or sender (volume or complaints); slow the sending "
+            "rate for that provider and check the account for a spam run."
+        ),
+        Reason.IP_REPUTATION: (
+            "The sending IP is on a block list or has poor reputation; look it up (Spamhaus, provider "
+            "postmaster pages), stop the source of spam, request delisting or move the traffic to a clean IP."
+        ),
+        Reason.DOMAIN_OR_CONTENT_REPUTATION: (
+            "The sender domain, its links or the content were judged as spam; check the domain and URLs on "
+            "DBL/URIBL, review the message content and the customer's sending practices."
+        ),
+        Reason.AUTH_FAILURE: (
+            "The receiver rejected the sender's authentication; fix SPF, DKIM and DMARC for the sending "
+            "domain and the IP's reverse DNS (or the SMTP AUTH credentials for a smarthost)."
+        ),
+        Reason.POLICY_REJECTION: (
+            "The receiver refused the message by local policy; read the response text and the receiver's "
+            "postmaster page, or ask the recipient to allow-list the sender."
+        ),
+        Reason.RELAY_DENIED: (
+            "The receiving server will not relay for this sender; check the MX/smarthost routing and that "
+            "the client authenticates before sending."
+        ),
+        Reason.VIRUS_OR_ATTACHMENT: (
+            "The message was refused for malware or a forbidden attachment type; scan the sender's device "
+            "and send files as links or allowed types."
+        ),
+        Reason.TLS_FAILURE: (
+            "The TLS handshake or certificate check failed, or TLS was required and unavailable; check "
+            "the certificates, TLS versions and tls_require_ciphers on both sides."
+        ),
+        Reason.CONNECTION_FAILURE: (
+            "The receiving server could not be reached or dropped the connection; usually transient — if it "
+            "persists check outbound port 25 and firewalls, or the remote host is down."
+        ),
+        Reason.DNS_FAILURE: (
+            "A DNS lookup failed temporarily; check this server's resolvers, or the recipient domain's DNS "
+            "servers are failing — Exim will retry."
+        ),
+        Reason.REMOTE_SERVER_ERROR: (
+            "The receiving server reported a temporary problem of its own; nothing to fix locally — Exim "
+            "retries, contact the remote postmaster if it lasts."
+        ),
+        Reason.PROTOCOL_ERROR: (
+            "The SMTP conversation broke the protocol (syntax, command order, unsupported extension); check "
+            "the sending software or the remote server's requirements."
+        ),
+        Reason.LOCAL_LIMIT: (
+            "A sending limit on this server held the message (cPanel max emails per hour, max defers and "
+            "failures, Exim ratelimit or a held domain); raise the limit for the account or wait for the reset."
+        ),
+        Reason.LOCAL_DELIVERY_ERROR: (
+            "Delivery on this server failed (Dovecot/LMTP, pipe, file or config expansion error, disk "
+            "space); check the mail server's error log and disk."
+        ),
+        Reason.RETRY_WAIT: (
+            "Not a new failure: Exim skipped this address because its retry time has not arrived; see the "
+            "previous deferral for the cause."
+        ),
+        Reason.EXPIRED: (
+            "Exim gave up after retrying for the whole retry period; fix the cause of the earlier deferrals, "
+            "then ask the sender to resend."
+        ),
+        Reason.UNKNOWN: (
+            "The response did not match a known pattern; read the full response text and the transcript of the message."
+        ),
+    }
+)
 
 
 @dataclass(slots=True)
