@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from trackdelivery.devenv.kafka import KafkaBroker  # noqa: E402
-from trackdelivery.devenv.topics import create_topics  # noqa: E402
 from trackdelivery.records import decode_batch  # noqa: E402
+from trackdelivery.topics import create_topics  # noqa: E402
 
 TRACKDELIVERY = str(Path(sys.executable).with_name("trackdelivery"))
 LINES_PER_MESSAGE = 7.5  # what `trackdelivery generate` writes on average (a little less)

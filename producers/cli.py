@@ -55,7 +55,7 @@ def _settings(config_file: Path | None, options: dict[str, Any]) -> ShipperSetti
 
 
 def _create_topic(settings: ShipperSettings) -> None:
-    from trackdelivery.devenv.topics import create_topics
+    from trackdelivery.topics import create_topics
 
     create_topics(settings.bootstrap_servers, {settings.topic: settings.partitions}, settings.replication_factor)
     log.info("topic ready", extra={"topic": settings.topic, "partitions": settings.partitions})

@@ -21,7 +21,7 @@ import redis
 from trackdelivery.devenv.exceptions import DevEnvError
 from trackdelivery.devenv.kafka import KafkaBroker
 from trackdelivery.devenv.redis import RedisServer
-from trackdelivery.devenv.topics import create_topics
+from trackdelivery.topics import create_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

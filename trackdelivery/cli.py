@@ -13,8 +13,15 @@ SUBCOMMANDS: dict[str, str] = {
     "dev": "trackdelivery.devenv.cli:dev",
     "generate": "trackdelivery.generator.cli:generate",
     "parse": "processors.exim.cli:parse",
+    "process": "processors.cli:process",
+    "rebuild": "processors.cli:rebuild",
     "ship": "producers.cli:ship",
     "replay": "producers.cli:replay",
+    "serve": "query_service.cli:serve",
+    "search": "query_service.cli:search",
+    "show": "query_service.cli:show",
+    "tail": "query_service.cli:tail",
+    "tokens": "query_service.cli:tokens",
 }
 
 

@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.producers.shipper_helpers import ShipperProcess, Writer, assert_in_order_per_file, wait_for_lines
-from trackdelivery.devenv.topics import create_topics
+from trackdelivery.topics import create_topics
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

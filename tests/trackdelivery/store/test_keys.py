@@ -11,6 +11,7 @@ from trackdelivery.store.keys import (
     member,
     member_offset,
     member_ref,
+    member_type,
     message_ref,
     msgid_epoch,
     normalize,
@@ -65,16 +66,18 @@ def test_rejections_without_msgid_are_grouped_per_server_and_minute():
     assert event_ref("mx1", None, "a", 60.0)[:8] != event_ref("mx1", None, "a", 120.0)[:8]
 
 
-def test_member_layout_sorts_by_value_then_type_then_time():
+def test_member_layout_sorts_by_value_then_time_then_type():
     digest = value_digest(Kind.SERVER, "mx1")
+    other = value_digest(Kind.SERVER, "mx2")
     ref = b"r" * REF_BYTES
-    early = member(digest, 1, 5, ref)
+    early = member(digest, 2, 5, ref)
+    same_time_other_type = member(digest, 3, 5, ref)
     late = member(digest, 1, 500_000, ref)
-    other_type = member(digest, 2, 0, ref)
     assert len(early) == MEMBER_BYTES
     assert early[:DIGEST_BYTES] == digest[:DIGEST_BYTES]
-    assert early < late < other_type
-    assert member_offset(late) == 500_000 and member_ref(late) == ref
+    assert early < same_time_other_type < late
+    assert (member(other, 1, 0, ref) < early) == (other[:DIGEST_BYTES] < digest[:DIGEST_BYTES])
+    assert member_offset(late) == 500_000 and member_ref(late) == ref and member_type(late) == 1
 
 
 def test_type_codes_cover_every_event_type():

@@ -1,4 +1,4 @@
-"""Create the project's Kafka topics explicitly (brokers here run with auto-creation off)."""
+"""Create the pipeline's Kafka topics explicitly: auto-creation is never assumed (dev brokers turn it off)."""
 
 from __future__ import annotations
 

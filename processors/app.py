@@ -1,0 +1,107 @@
+"""The faust app factory of the stream processor (``trackdelivery process`` runs it in a faust Worker)."""
+
+from __future__ import annotations
+
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from processors.agents import RecordProcessor, register_agent
+from processors.metrics import ProcessorMetrics
+from processors.pipeline import Pipeline
+from processors.settings import ProcessorSettings
+from trackdelivery.settings import KafkaSettings, RedisSettings, TopicNames
+
+STATE_TABLE = "state"
+
+
+@dataclass(slots=True)
+class ProcessorApp:
+    app: faust.App
+    table: Any
+    agent: Any
+    metrics: ProcessorMetrics
+
+    @property
+    def changelog_topic(self) -> str:
+        return str(self.table.changelog_topic.get_topic_name())
+
+
+def default_writer(redis_url: str) -> Any:
+    import redis.asyncio
+
+    from processors.sinks.redis import RedisWriter
+    from trackdelivery.store.types import StoreSettings
+
+    return RedisWriter(redis.asyncio.Redis.from_url(redis_url), StoreSettings())
+
+
+def broker_urls(bootstrap_servers: str) -> list[str]:
+    return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
+
+
+def create_app(
+    settings: ProcessorSettings,
+    kafka: KafkaSettings,
+    topics: TopicNames,
+    redis_settings: RedisSettings,
+    *,
+    partitions: int | None = None,
+    metrics: ProcessorMetrics | None = None,
+    writer_factory: Callable[[str], Any] | None = None,
+) -> ProcessorApp:
+    """The app: the raw topic, the state table co-partitioned with it, the agent.
+
+    ``partitions`` is the raw topic's real partition count (the CLI reads it from the broker); the
+    table's changelog must have exactly as many. ``writer_factory(redis_url)`` builds the Redis writer
+    (default: ``RedisWriter`` with ``StoreSettings()``), inside the worker's event loop.
+    """
+    partition_count = partitions or kafka.partitions
+    metrics = metrics or ProcessorMetrics()
+    app = faust.App(
+        settings.app_id,
+        broker=broker_urls(kafka.bootstrap_servers),
+        store=settings.store,
+        datadir=settings.datadir,
+        autodiscover=False,
+        web_enabled=settings.web_port is not None,
+        web_port=settings.web_port or 6066,
+        web_host="127.0.0.1",
+        topic_partitions=partition_count,
+        topic_replication_factor=kafka.replication_factor,
+        table_standby_replicas=settings.standby_replicas,
+        broker_commit_interval=settings.commit_interval,
+        broker_session_timeout=settings.session_timeout,
+        broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        stream_wait_empty=True,
+    )
+    raw_topic = app.topic(
+        topics.raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
+    )
+    # faust picks the table's serializers from key_type/value_type only (bytes -> "raw", else json;
+    # a Schema's serializers are ignored for tables, and recovery then fails to decode). The pipeline
+    # encodes values itself. A plain compacted changelog without time retention: a changelog that
+    # loses entries to retention cannot be recovered.
+    table = app.Table(STATE_TABLE, key_type=str, value_type=bytes, partitions=partition_count)
+    default_tz = zoneinfo.ZoneInfo(settings.default_tz)
+
+    async def make_processor() -> RecordProcessor:
+        pipeline = Pipeline(
+            table,
+            default_tz=default_tz,
+            grace_seconds=settings.grace_seconds,
+            stale_seconds=settings.stale_seconds,
+        )
+        return RecordProcessor(
+            app, table, pipeline, topics=topics, settings=settings, metrics=metrics,
+            redis_writer=(writer_factory or default_writer)(redis_settings.url),
+            bootstrap_servers=kafka.bootstrap_servers,
+        )
+
+    agent = register_agent(app, raw_topic, table, make_processor)
+    return ProcessorApp(app=app, table=table, agent=agent, metrics=metrics)

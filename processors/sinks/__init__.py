@@ -1,0 +1,1 @@
+"""Sinks the stream processors write to."""

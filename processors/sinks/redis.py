@@ -1,0 +1,487 @@
+"""Writes delivery events and raw message lines into the Redis query store (layout: docs/redis-model.md).
+
+Two pipelined round trips per ``write`` call, no transactions, no multi-key commands (Redis Cluster
+safe). Round 1 reads each event's stored record and stores it when absent (``HGET`` + ``HSETNX`` on
+the message hash: the old value tells new/updated/unchanged) and adds its index entries (``ZADD`` is
+idempotent). Round 2 overwrites records re-emitted with more data, removes index entries the winning
+version does not have, and counts stats only for records that were new in round 1, so a replay never
+counts twice.
+"""
+
+from __future__ import annotations
+
+import functools
+import time as clock
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from trackdelivery.events import BLOCKED_AND_FAILED, DeliveryEvent, EventType
+from trackdelivery.store import codec
+from trackdelivery.store.exceptions import StoreError
+from trackdelivery.store.keys import (
+    ARRIVAL_FIELD,
+    MSGREF_BYTES,
+    REF_BYTES,
+    REJECTION_GROUP_SECONDS,
+    SPLITS,
+    STATS_DEFERRING,
+    STATS_REASONS,
+    STATS_SEPARATOR,
+    TYPE_CODES,
+    KeySpace,
+    Kind,
+    entry_partition,
+    event_ref,
+    index_sources,
+    member,
+    message_ref,
+    normalize,
+    ref_partition,
+    value_digest,
+    value_partition,
+)
+from trackdelivery.store.types import MessageLine, StoreSettings, WriteStats
+
+RedisClient = aioredis.Redis | aioredis.RedisCluster
+Pipeline = aioredis.client.Pipeline | aioredis.cluster.ClusterPipeline
+
+_NO_OFFSET = b"\x00" * 4
+
+#: KEYS[1] = message hash, ARGV = expiry, then (field, record) pairs. Stores each record whose field is
+#: absent and returns the previous values (nil = new). One key: safe on Redis Cluster.
+STORE_RECORDS = """
+local olds = {}
+for i = 2, #ARGV, 2 do
+  local old = redis.call('HGET', KEYS[1], ARGV[i])
+  if not old then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+  olds[#olds + 1] = old
+end
+redis.call('EXPIREAT', KEYS[1], ARGV[1])
+return olds
+"""
+
+
+@dataclass(slots=True)
+class _Prepared:
+    event: DeliveryEvent
+    ref: bytes
+    message_key: bytes
+    raw: bytes  # the record's JSON
+    blob: bytes  # what is stored: raw or compressed
+    entries: dict[bytes, bytes]  # index member -> index key
+    expiries: dict[bytes, int] = field(default_factory=dict)
+    old: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Message:
+    key: bytes
+    expire_at: int
+    arrival: DeliveryEvent | None = None  # the event whose arrival record is the longest in the batch
+    arrival_raw: bytes | None = None
+    arrival_blob: bytes | None = None
+    old_arrival: bytes | None = None
+
+
+@functools.lru_cache(maxsize=65536)
+def _index_value(keys: KeySpace, kind: Kind, raw: str, max_chars: int) -> tuple[bytes, int, int]:
+    """(digest, partition count, bucket width) of an index value; values repeat a lot (servers, users)."""
+    return value_digest(kind, normalize(kind, raw, max_chars)), keys.partitions(kind), keys.bucket_seconds(kind)
+
+
+class RedisWriter:
+    def __init__(self, client: RedisClient, settings: StoreSettings) -> None:
+        self.client = client
+        self.settings = settings
+        self.keys = KeySpace(settings)
+        self._expiry_sent: dict[bytes, float] = {}
+        self.compression = codec.RecordCompression()
+        self._dictionary_state = "unknown" if settings.compression else "off"
+        self._samples: list[bytes] = []
+        self._store_sha: str | None = None
+
+    async def _prepare_dictionary(self) -> None:
+        """Use the store's dictionary when there is one; else sample records until one can be trained."""
+        if self._dictionary_state == "unknown":
+            current = await self.client.get(self.keys.current_dictionary)
+            self._dictionary_state = "sampling"
+            if current is not None:
+                await self._use_dictionary(codec.as_bytes(current))
+        elif self._dictionary_state == "sampling" and len(self._samples) >= self.settings.dictionary_samples:
+            data = codec.RecordCompression.train(self._samples, self.settings.dictionary_bytes)
+            if data is None:
+                if len(self._samples) >= 10 * self.settings.dictionary_samples:
+                    self._dictionary_state, self._samples = "off", []
+                return
+            dictionary_id = codec.RecordCompression.identify(data)
+            await self.client.set(self.keys.dictionary(dictionary_id), data, nx=True)
+            await self.client.set(self.keys.current_dictionary, dictionary_id, nx=True)
+            current = await self.client.get(self.keys.current_dictionary)
+            await self._use_dictionary(codec.as_bytes(current or dictionary_id))
+
+    async def _use_dictionary(self, dictionary_id: bytes) -> None:
+        data = await self.client.get(self.keys.dictionary(dictionary_id))
+        if data is not None:
+            self.compression.install(dictionary_id, codec.as_bytes(data), use=True)
+            self._dictionary_state, self._samples = "ready", []
+
+    async def _load_dictionaries(self, blobs: Sequence[bytes | None]) -> None:
+        for dictionary_id in {self.compression.missing(blob) for blob in blobs} - {None}:
+            assert dictionary_id is not None
+            data = await self.client.get(self.keys.dictionary(dictionary_id))
+            if data is None:
+                raise StoreError(f"record dictionary {dictionary_id.hex()} is missing from the store")
+            self.compression.install(dictionary_id, codec.as_bytes(data), use=False)
+
+    def _sample(self, raw: bytes) -> None:
+        if self._dictionary_state == "sampling" and len(self._samples) < 10 * self.settings.dictionary_samples:
+            self._samples.append(raw)
+
+    async def write(self, events: Sequence[DeliveryEvent], lines: Sequence[MessageLine] = ()) -> WriteStats:
+        """Store ``events`` and append ``lines``; idempotent: writing the same events again changes nothing."""
+        stats = WriteStats()
+        now = clock.time()
+        if self._dictionary_state in ("unknown", "sampling"):
+            await self._prepare_dictionary()
+        prepared: list[_Prepared] = []
+        messages: dict[bytes, _Message] = {}
+        for event in events:
+            item = self._prepare(event, now)
+            if item is None:
+                stats.skipped += 1
+                continue
+            prepared.append(item)
+            self._note_message(item, messages)
+        try:
+            await self._store(prepared, messages, lines, now, stats)
+        except NoScriptError:  # the server lost its script cache (restart, failover): load it and redo
+            self._store_sha = None
+            await self._store(prepared, messages, lines, now, stats)
+        arrivals = [message for message in messages.values() if message.arrival_blob is not None]
+        await self._load_dictionaries([item.old for item in prepared] + [message.old_arrival for message in arrivals])
+        await self._settle(prepared, arrivals, stats)
+        return stats
+
+    async def _store(
+        self, prepared: list[_Prepared], messages: dict[bytes, _Message], lines: Sequence[MessageLine], now: float,
+        stats: WriteStats,
+    ) -> None:
+        """Round 1: records (one script call per message hash; HGET + HSETNX pairs on a cluster, whose
+        pipelines refuse scripts) and index entries."""
+        cluster = isinstance(self.client, aioredis.RedisCluster)
+        if self._store_sha is None and not cluster:
+            self._store_sha = codec.as_bytes(await self.client.script_load(STORE_RECORDS)).decode()
+        per_message: dict[bytes, list[_Prepared]] = {}
+        for item in prepared:
+            per_message.setdefault(item.message_key, []).append(item)
+        pipe = self.client.pipeline(transaction=False)
+        for key, message in messages.items():
+            pairs = [(item.ref[MSGREF_BYTES:], item.blob) for item in per_message.get(key, ())]
+            if message.arrival_blob is not None:
+                pairs.append((ARRIVAL_FIELD, message.arrival_blob))
+            if cluster:
+                for field_name, blob in pairs:
+                    pipe.hget(key, field_name)
+                    pipe.hsetnx(key, field_name, blob)
+                pipe.expireat(key, message.expire_at)
+            else:
+                arguments: list[bytes | int] = [message.expire_at]
+                for field_name, blob in pairs:
+                    arguments += [field_name, blob]
+                pipe.evalsha(self._store_sha or "", 1, key, *arguments)
+        expiries: dict[bytes, int] = {}
+        additions: dict[bytes, dict[bytes, int]] = {}
+        for item in prepared:
+            for entry, index_key in item.entries.items():
+                additions.setdefault(index_key, {})[entry] = 0
+            expiries.update(item.expiries)
+        for index_key, entries in additions.items():
+            pipe.zadd(index_key, entries)
+        stats.lines = self._queue_lines(pipe, lines, now)
+        self._queue_expiries(pipe, expiries, now)
+        self._queue_directory(pipe, prepared, now)
+        replies = await pipe.execute()
+        if cluster:  # [old, set?] per record, then the expiry, message by message
+            olds_per_message, position = [], 0
+            for key, message in messages.items():
+                count = len(per_message.get(key, ())) + (message.arrival_blob is not None)
+                olds_per_message.append(replies[position : position + 2 * count : 2])
+                position += 2 * count + 1
+        else:
+            olds_per_message = replies[: len(messages)]
+        for (key, message), olds in zip(messages.items(), olds_per_message, strict=True):
+            items = per_message.get(key, [])
+            for item, old in zip(items, olds, strict=False):
+                item.old = old
+            if message.arrival_blob is not None:
+                message.old_arrival = olds[len(items)]
+
+    def _prepare(self, event: DeliveryEvent, now: float) -> _Prepared | None:
+        settings = self.settings
+        if not event.server or event.time != event.time or event.time + settings.retention_seconds <= now:
+            return None
+        max_chars = settings.max_field_chars
+        event = codec.clean_event(event, max_chars)
+        ref = event_ref(event.server, event.msgid, event.event_id, event.time)
+        raw = codec.encode_event(event, max_chars, inline_arrival=not event.msgid)
+        self._sample(raw)
+        item = _Prepared(
+            event=event,
+            ref=ref,
+            message_key=self.keys.message(ref[:MSGREF_BYTES]),
+            raw=raw,
+            blob=self.compression.compress(raw),
+            entries={},
+        )
+        self._index(item)
+        return item
+
+    def _note_message(self, item: _Prepared, messages: dict[bytes, _Message]) -> None:
+        event = item.event
+        message = messages.get(item.message_key)
+        if message is None:
+            message = _Message(key=item.message_key, expire_at=self._message_expiry(event))
+            messages[item.message_key] = message
+        if event.msgid:
+            raw = codec.encode_arrival_blob(event, self.settings.max_field_chars)
+            if message.arrival_raw is None or len(raw) > len(message.arrival_raw):
+                message.arrival, message.arrival_raw = event, raw
+                message.arrival_blob = self.compression.compress(raw)
+                self._sample(raw)
+
+    def _message_expiry(self, event: DeliveryEvent) -> int:
+        """Fixed per message, so every write sends the same value: arrival + lifetime + retention."""
+        settings = self.settings
+        if not event.msgid:
+            group_end = (int(event.time) // REJECTION_GROUP_SECONDS + 1) * REJECTION_GROUP_SECONDS
+            return int(group_end + settings.retention_seconds) + 1
+        arrived = event.arrival_time if event.arrival_time is not None else event.time
+        arrived = min(arrived, event.time)
+        return int(arrived + settings.message_lifetime_seconds + settings.retention_seconds) + 1
+
+    def _index(self, item: _Prepared) -> None:
+        event, keys, settings = item.event, self.keys, self.settings
+        max_chars = settings.max_field_chars
+        type_code = TYPE_CODES[event.type]
+        time_ms = int(event.time * 1000)
+        retention = settings.retention_seconds
+        for kind, raw in self._sources(event):
+            digest, partitions, width = _index_value(keys, kind, raw, max_chars)
+            if kind is Kind.TYPE:
+                partition = ref_partition(item.ref, partitions)
+            else:
+                partition = entry_partition(kind, digest, item.ref, partitions)
+            bucket = time_ms // (width * 1000)
+            offset = min(time_ms - bucket * width * 1000, 0xFFFFFFFE)
+            key = keys.index(kind, bucket, partition)
+            item.entries[member(digest, type_code, offset, item.ref)] = key
+            item.expiries[key] = int((bucket + 1) * width + retention) + 1
+        if event.msgid:
+            # one entry per message: the message-id filter reads the whole message record
+            value = normalize(Kind.MSGID, event.msgid, max_chars)
+            digest = value_digest(Kind.MSGID, value)
+            mbucket = keys.message_bucket(value)
+            key = keys.index(Kind.MSGID, mbucket, value_partition(digest, keys.partitions(Kind.MSGID)))
+            msgref = item.ref[:MSGREF_BYTES] + _NO_OFFSET[: REF_BYTES - MSGREF_BYTES]
+            item.entries[member(digest, 0, 0, msgref)] = key
+            if mbucket:
+                end = mbucket * keys.message_bucket_seconds
+                item.expiries[key] = int(end + settings.message_lifetime_seconds + settings.retention_seconds) + 1
+            else:
+                item.expiries[key] = self._message_expiry(event)
+
+    @staticmethod
+    def _sources(event: DeliveryEvent) -> list[tuple[Kind, str]]:
+        recipients: tuple[str | None, ...] = (event.recipient,)
+        if event.original_recipient and event.original_recipient != event.recipient:
+            recipients += (event.original_recipient,)
+        ips: tuple[str | None, ...] = (event.client_ip,)
+        if event.remote_ip and event.remote_ip != event.client_ip:
+            ips += (event.remote_ip,)
+        return index_sources(
+            event.type,
+            event.server,
+            event.cpanel_user,
+            event.sender,
+            event.sender_domain,
+            recipients,
+            event.recipient_domain,
+            ips,
+            event.reason.value if event.reason is not None else None,
+        )
+
+    def _queue_lines(self, pipe: Pipeline, lines: Sequence[MessageLine], now: float) -> int:
+        settings = self.settings
+        grouped: dict[bytes, list[bytes]] = {}
+        expiries: dict[bytes, int] = {}
+        for line in lines:
+            if not line.server or not line.msgid or line.time + settings.retention_seconds <= now:
+                continue
+            key = self.keys.lines(message_ref(line.server, line.msgid))
+            text = line.text.encode("utf-8", "replace")[: settings.max_line_bytes]
+            grouped.setdefault(key, []).append(text)
+            expire_at = int(line.time + settings.message_lifetime_seconds + settings.retention_seconds) + 1
+            expiries[key] = max(expiries.get(key, 0), expire_at)
+        for key, texts in grouped.items():
+            pipe.rpush(key, *texts)
+            pipe.ltrim(key, 0, settings.max_lines_per_message - 1)
+            pipe.expireat(key, expiries[key])
+        return sum(len(texts) for texts in grouped.values())
+
+    def _queue_directory(self, pipe: Pipeline, prepared: list[_Prepared], now: float) -> None:
+        """Notes which time-index buckets hold which types (lets a no-filter search skip empty buckets)."""
+        keys, settings = self.keys, self.settings
+        width = keys.bucket_seconds(Kind.TYPE)
+        seen: set[tuple[int, int]] = set()
+        for item in prepared:
+            seen.add((TYPE_CODES[item.event.type], int(item.event.time // width)))
+        refresh = settings.expiry_refresh_seconds
+        for code, bucket in seen:
+            marker = b"tb:%d:%d" % (code, bucket)
+            last = self._expiry_sent.get(marker)
+            if last is not None and now - last < refresh:
+                continue
+            self._expiry_sent[marker] = now
+            directory = keys.type_directory(code)
+            pipe.zadd(directory, {str(bucket).encode(): bucket})
+            pipe.zremrangebyscore(directory, "-inf", f"({int((now - settings.retention_seconds) // width)}")
+            pipe.expireat(directory, int(now + settings.retention_seconds + 2 * width))
+
+    def _queue_expiries(self, pipe: Pipeline, expiries: dict[bytes, int], now: float) -> None:
+        """Index keys get their (fixed) expiry once per ``expiry_refresh_seconds`` per writer."""
+        refresh = self.settings.expiry_refresh_seconds
+        sent = self._expiry_sent
+        for key, expire_at in expiries.items():
+            last = sent.get(key)
+            if last is not None and now - last < refresh:
+                continue
+            pipe.expireat(key, expire_at)
+            sent[key] = now
+        if len(sent) > 500_000:
+            cutoff = now - refresh
+            self._expiry_sent = {key: at for key, at in sent.items() if at >= cutoff}
+
+    async def _settle(self, prepared: list[_Prepared], arrivals: list[_Message], stats: WriteStats) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        counters: dict[tuple[bytes, str], int] = {}
+        stat_expiry: dict[bytes, int] = {}
+        decompress = self.compression.decompress
+        for item in prepared:
+            if item.old is None:
+                stats.new += 1
+                self._count_event(item.event, counters, stat_expiry)
+            elif item.old == item.blob or decompress(item.old) == item.raw:
+                stats.unchanged += 1
+            else:
+                stats.updated += 1
+                self._resolve_update(pipe, item, decompress(item.old))
+        for message in arrivals:
+            if message.old_arrival is None and message.arrival is not None:
+                self._count_message(message.arrival, counters, stat_expiry)
+            elif message.arrival_raw is not None and message.old_arrival is not None and len(message.arrival_raw) > len(
+                decompress(message.old_arrival)
+            ):
+                pipe.hset(message.key, ARRIVAL_FIELD, message.arrival_blob or message.arrival_raw)
+        for (key, name), amount in counters.items():
+            pipe.hincrby(key, name, amount)
+        for key, expire_at in stat_expiry.items():
+            pipe.expireat(key, expire_at)
+        if len(pipe):
+            await pipe.execute()
+
+    def _resolve_update(self, pipe: Pipeline, item: _Prepared, old_raw: bytes) -> None:
+        """The version with more data wins; index entries only the loser had are removed."""
+        old_event = codec.decode_event(old_raw, None)
+        for name in (*codec.ARRIVAL_FIELDS, *codec.IDENTITY_FIELDS, "sender_domain"):
+            setattr(old_event, name, getattr(item.event, name))
+        old_item = _Prepared(
+            event=old_event, ref=item.ref, message_key=item.message_key, raw=old_raw, blob=old_raw, entries={}
+        )
+        self._index(old_item)
+        if len(item.raw) >= len(old_raw):
+            pipe.hset(item.message_key, item.ref[MSGREF_BYTES:], item.blob)
+            stale = {entry: key for entry, key in old_item.entries.items() if entry not in item.entries}
+        else:
+            stale = {entry: key for entry, key in item.entries.items() if entry not in old_item.entries}
+        for entry, key in stale.items():
+            pipe.zrem(key, entry)
+
+    def _stats_key(self, dimension: str, time: float) -> tuple[bytes, int]:
+        width = self.keys.stats_bucket_seconds(dimension)
+        bucket = int(time // width)
+        expire_at = int((bucket + 1) * width + self.settings.retention_seconds) + 1
+        return self.keys.stats(dimension, bucket), expire_at
+
+    def _dimension_values(self, event: DeliveryEvent) -> list[tuple[str, str]]:
+        max_chars = self.settings.max_field_chars
+        values = [
+            ("u", normalize(Kind.USER, event.cpanel_user, max_chars) if event.cpanel_user else None),
+            ("sd", normalize(Kind.SENDER_DOMAIN, event.sender_domain, max_chars) if event.sender_domain else None),
+            ("h", normalize(Kind.SERVER, event.server, max_chars)),
+        ]
+        return [(dimension, value) for dimension, value in values if value is not None]
+
+    def _count(
+        self, counters: dict[tuple[bytes, str], int], stat_expiry: dict[bytes, int],
+        dimension: str, time: float, name: str, amount: int,
+    ) -> None:
+        key, expire_at = self._stats_key(dimension, time)
+        counters[(key, name)] = counters.get((key, name), 0) + amount
+        stat_expiry[key] = expire_at
+
+    def _count_event(
+        self, event: DeliveryEvent, counters: dict[tuple[bytes, str], int], stat_expiry: dict[bytes, int]
+    ) -> None:
+        if event.type is EventType.DELIVERED:
+            counter = "d"
+        elif event.type is EventType.DEFERRED:
+            counter = "w"
+        elif event.type in BLOCKED_AND_FAILED:
+            counter = "f"
+        else:
+            return
+        for dimension, value in self._dimension_values(event):
+            self._count(counters, stat_expiry, dimension, event.time, value + STATS_SEPARATOR + counter, 1)
+        max_chars = self.settings.max_field_chars
+        owner = STATS_SEPARATOR.join(
+            (
+                normalize(Kind.USER, event.cpanel_user or "", max_chars),
+                normalize(Kind.SENDER_DOMAIN, event.sender_domain or "", max_chars),
+            )
+        )
+        if counter == "w" and event.recipient_domain:
+            domain = normalize(Kind.RECIPIENT_DOMAIN, event.recipient_domain, max_chars)
+            self._count(counters, stat_expiry, STATS_DEFERRING, event.time, owner + STATS_SEPARATOR + domain, 1)
+        if event.reason is not None:
+            reason = owner + STATS_SEPARATOR + event.reason.value
+            self._count(counters, stat_expiry, STATS_REASONS, event.time, reason, 1)
+
+    def _count_message(
+        self, event: DeliveryEvent, counters: dict[tuple[bytes, str], int], stat_expiry: dict[bytes, int]
+    ) -> None:
+        when = event.arrival_time if event.arrival_time is not None else event.time
+        for dimension, value in self._dimension_values(event):
+            self._count(counters, stat_expiry, dimension, when, value + STATS_SEPARATOR + "s", 1)
+            if event.size:
+                self._count(counters, stat_expiry, dimension, when, value + STATS_SEPARATOR + "b", int(event.size))
+
+    async def purge_expired(self, now: float, lookback_buckets: int = 48) -> int:
+        """Delete index keys of the ``lookback_buckets`` buckets just past the retention (keys that lost
+        their expiry, e.g. a writer died between ZADD and EXPIREAT). Expiries do the routine work."""
+        settings, keys = self.settings, self.keys
+        names: list[bytes] = []
+        for kind in Kind:
+            if kind is Kind.MSGID:
+                continue
+            newest_expired = keys.bucket_of(kind, now - settings.retention_seconds) - 1
+            for bucket in range(max(newest_expired - lookback_buckets + 1, 0), newest_expired + 1):
+                names += [
+                    keys.index(kind, bucket, part) for part in range(keys.partitions(kind) * SPLITS.get(kind, 1))
+                ]
+        removed = 0
+        for start in range(0, len(names), 1000):
+            removed += int(await self.client.unlink(*names[start : start + 1000]) or 0)
+        return removed

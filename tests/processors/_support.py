@@ -1,0 +1,324 @@
+"""Helpers shared by the processor tests: generated logs cut into raw-topic records, offline reference runs."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import hashlib
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from processors.pipeline import BatchResult, Pipeline
+from trackdelivery.events import DeliveryEvent
+from trackdelivery.records import encode_batch
+from trackdelivery.store.types import StoreSettings
+
+
+def generate_fleet(out: Path, servers: int, messages: int, seed: int = 7, days: float = 1.0) -> list[Path]:
+    """A generated fleet log (``DIR/<server>/exim_mainlog``) ending about now; the log files by server."""
+    from trackdelivery.generator.runner import FleetRun, GenerateConfig
+
+    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(days=days + 0.1)
+    run = FleetRun(GenerateConfig(servers=servers, messages=messages, out=out, seed=seed, days=days, start=start))
+    try:
+        run.run()
+    finally:
+        run.close()
+    return sorted(out.glob("*/exim_mainlog"))
+
+
+def file_lines(path: Path) -> list[tuple[int, bytes]]:
+    """``(byte offset, line without newline)`` of every line of a file."""
+    lines = []
+    offset = 0
+    for line in path.read_bytes().splitlines(keepends=True):
+        lines.append((offset, line.rstrip(b"\n")))
+        offset += len(line)
+    return lines
+
+
+def file_records(path: Path, server: str, lines_per_record: int = 8, file_id: str | None = None) -> list[bytes]:
+    """The raw-topic records a shipper would produce for ``path``: batches of consecutive lines."""
+    lines = file_lines(path)
+    file_id = file_id or hashlib.blake2b(str(path).encode(), digest_size=8).hexdigest()
+    records = []
+    for start in range(0, len(lines), lines_per_record):
+        chunk = lines[start : start + lines_per_record]
+        end = chunk[-1][0] + len(chunk[-1][1]) + 1
+        records.append(
+            encode_batch(server, file_id, str(path), [offset for offset, _ in chunk], [data for _, data in chunk], end)
+        )
+    return records
+
+
+def fleet_records(files: Iterable[Path], lines_per_record: int = 8) -> list[tuple[str, bytes]]:
+    """``(server, record)`` for every file of a generated fleet, interleaved round-robin across servers."""
+    per_server = [[(path.parent.name, record) for record in file_records(path, path.parent.name, lines_per_record)]
+                  for path in files]
+    interleaved = []
+    for index in range(max(len(records) for records in per_server)):
+        for records in per_server:
+            if index < len(records):
+                interleaved.append(records[index])
+    return interleaved
+
+
+def tuple_line(server: str, msgid: str, time: float, text: str) -> tuple[str, str, float, str]:
+    return (server, msgid, time, text)
+
+
+def offline_pipeline(**kwargs: Any) -> Pipeline:
+    kwargs.setdefault("message_line", tuple_line)
+    return Pipeline({}, **kwargs)
+
+
+def run_offline(records: Iterable[bytes], pipeline: Pipeline | None = None) -> Iterator[BatchResult]:
+    """Process records one after another, committing each (what a clean run does)."""
+    pipeline = pipeline or offline_pipeline()
+    for record in records:
+        result = pipeline.process(record)
+        pipeline.apply(pipeline.commit(result.partition))
+        yield result
+
+
+def final_events(events: Iterable[DeliveryEvent]) -> dict[str, dict[str, Any]]:
+    """Event id → the last version written (what an idempotent store ends up holding)."""
+    return {event.event_id: event.to_dict() for event in events}
+
+
+# -- running `trackdelivery process` as a subprocess against the test broker --------------------------------
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """One `trackdelivery process` subprocess with its own log file and metrics port."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, metrics_port: int) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.metrics_port = metrics_port
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "trackdelivery", "process", "--metrics-port", str(self.metrics_port),
+                 "--log-level", "info"],
+                cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def metrics(self) -> dict[str, float]:
+        """The worker's Prometheus samples, ``name{labels}`` → value."""
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        samples = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                samples[name] = float(value)
+        return samples
+
+
+def produce(bootstrap: str, topic: str, records: Iterable[tuple[str, bytes]]) -> int:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    count = 0
+    try:
+        for server, record in records:
+            producer.send(topic, key=server.encode(), value=record)
+            count += 1
+        producer.flush(timeout=60)
+    finally:
+        producer.close()
+    return count
+
+
+def read_topic(bootstrap: str, topic: str) -> dict[int, list[Any]]:
+    """Every record of ``topic`` by partition, in offset order (kafka-python ConsumerRecords)."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
+    try:
+        partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, partition) for partition in sorted(partitions)]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        end = consumer.end_offsets(tps)
+        records: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < end[tp] for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end")
+            for tp, messages in consumer.poll(timeout_ms=500).items():
+                records[tp.partition].extend(message for message in messages if message.offset < end[tp])
+        return records
+    finally:
+        consumer.close()
+
+
+def committed_behind(bootstrap: str, group: str, topic: str) -> int:
+    """Records of ``topic`` the consumer group has not committed yet."""
+    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
+        end = consumer.end_offsets(tps)
+        try:
+            committed = admin.list_group_offsets(group).get(group, {})
+        except KafkaError:  # no coordinator / no group yet: nothing committed
+            committed = {}
+        return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
+    finally:
+        consumer.close()
+        admin.close()
+
+
+def wait_caught_up(bootstrap: str, group: str, topic: str, workers: list[WorkerProcess], timeout: float = 150) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        for worker in workers:
+            if not worker.alive:
+                raise AssertionError(f"worker exited early:\n{worker.log_tail()}")
+        if committed_behind(bootstrap, group, topic) == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not caught up after {timeout}s:\n{workers[0].log_tail()}")
+        time.sleep(0.5)
+
+
+def redis_dump(url: str, prefix: str) -> dict[bytes, tuple[bytes, Any]]:
+    """Every key under ``prefix:`` (the prefix removed) with its type and value; TTLs are ignored."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        dump: dict[bytes, tuple[bytes, Any]] = {}
+        head = prefix.encode() + b":"
+        for key in client.scan_iter(match=head + b"*", count=1000):
+            kind = client.type(key)
+            value: Any
+            if kind == b"string":
+                value = client.get(key)
+            elif kind == b"zset":
+                value = client.zrange(key, 0, -1, withscores=True)
+            elif kind == b"hash":
+                value = client.hgetall(key)
+            elif kind == b"list":
+                value = client.lrange(key, 0, -1)
+            elif kind == b"set":
+                value = sorted(client.smembers(key))
+            else:
+                value = None
+            dump[key[len(head):]] = (kind, value)
+        return dump
+    finally:
+        client.close()
+
+
+async def write_reference(
+    records_by_partition: dict[int, list[bytes]], redis_url: str, prefix: str
+) -> list[BatchResult]:
+    """The clean offline run: the pipeline with a dict store, each partition in order, into Redis."""
+    import redis.asyncio
+
+    from processors.sinks.redis import RedisWriter
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    writer = RedisWriter(client, StoreSettings(prefix=prefix))
+    pipeline = Pipeline({})
+    results = []
+    try:
+        for partition, records in sorted(records_by_partition.items()):
+            for record in records:
+                result = pipeline.process(record, partition)
+                await writer.write(result.events, result.lines)
+                pipeline.apply(pipeline.commit(partition))
+                results.append(result)
+    finally:
+        await client.aclose()
+    return results
+
+
+async def message_views(redis_url: str, prefix: str, messages: Iterable[tuple[str, str]]) -> dict[Any, Any]:
+    """The query service's view of every message: its decoded events, transcript and arrival data."""
+    import redis.asyncio
+
+    from query_service.search import DeliverySearch
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    try:
+        search = DeliverySearch(client, StoreSettings(prefix=prefix))
+        views: dict[tuple[str, str], Any] = {}
+        for server, msgid in sorted(set(messages)):
+            view = await search.message(server, msgid)
+            views[(server, msgid)] = None if view is None else (
+                sorted((event.event_id, orjson.dumps(event.to_dict())) for event in view.events),
+                view.lines,
+                view.arrival,
+            )
+        return views
+    finally:
+        await client.aclose()
+
+
+def store_structure(redis_url: str, prefix: str) -> dict[bytes, Any]:
+    """Every key of the store with its value, except what legitimately differs between two writers of the
+    same events: record blobs (compressed with a dictionary each writer trains on its own samples) are
+    reduced to their field names, the dictionaries left out, transcripts de-duplicated (as the reader does)."""
+    structure: dict[bytes, Any] = {}
+    for key, (kind, value) in redis_dump(redis_url, prefix).items():
+        if key.startswith(b"dict:"):
+            continue
+        if kind == b"string":
+            structure[key] = kind
+        elif kind == b"hash" and key.startswith(b"m:"):
+            structure[key] = (kind, sorted(value))
+        elif kind == b"list":
+            structure[key] = (kind, list(dict.fromkeys(value)))
+        else:
+            structure[key] = (kind, value)
+    return structure
+
+
+def answers_of(redis_url: str, prefix: str, results: Iterable[BatchResult]) -> dict[str, Any]:
+    """The store as the query service sees it (message views) plus its exact structure (indexes, stats)."""
+    messages = {(event.server, event.msgid) for result in results for event in result.events if event.msgid}
+    return {
+        "messages": asyncio.run(message_views(redis_url, prefix, messages)),
+        "structure": store_structure(redis_url, prefix),
+    }

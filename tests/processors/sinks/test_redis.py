@@ -1,0 +1,172 @@
+"""The query-store writer against a real Redis: idempotency, overwrites, retention, stats guards, lines."""
+
+import dataclasses
+import time
+
+import pytest
+import redis.asyncio as aioredis
+
+from processors.sinks.redis import RedisWriter
+from query_service.search import DeliverySearch
+from tests.trackdelivery.store.factories import NOW, make_event, random_events, snapshot, store_settings
+from trackdelivery.events import EventType, Reason
+from trackdelivery.store.keys import KeySpace, Kind, message_ref
+from trackdelivery.store.types import MessageLine, Query
+
+
+@pytest.fixture
+async def client(redis_db_url):
+    connection = aioredis.Redis.from_url(redis_db_url)
+    yield connection
+    await connection.aclose()
+
+
+async def test_writing_the_same_events_twice_leaves_the_store_exactly_as_once(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix, dictionary_samples=100)
+    events = random_events(300, seed=11)
+    lines = [MessageLine(e.server, e.msgid, e.time, f"line of {e.event_id}") for e in events if e.msgid]
+    writer = RedisWriter(client, settings)
+    first = await writer.write(events, lines)
+    once = snapshot(redis_client)
+    again = await RedisWriter(client, settings).write(list(reversed(events)), [])
+    assert first.new == 300 and again.new == 0 and again.updated == 0 and again.unchanged == 300
+    assert snapshot(redis_client) == once
+
+
+async def test_replayed_lines_are_stored_again_but_shown_once(client, key_prefix):
+    settings = store_settings(key_prefix)
+    event = make_event(time=NOW - 60)
+    lines = [MessageLine(event.server, event.msgid, event.time, text) for text in ("a <= x", "a => y", "a Completed")]
+    writer = RedisWriter(client, settings)
+    await writer.write([event], lines)
+    await writer.write([event], lines)
+    view = await DeliverySearch(client, settings).message(event.server, event.msgid)
+    assert view is not None and view.lines == ["a <= x", "a => y", "a Completed"]
+
+
+async def test_lines_are_bounded_in_number_and_size(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix, max_lines_per_message=5, max_line_bytes=100)
+    event = make_event(time=NOW - 60)
+    lines = [MessageLine(event.server, event.msgid, event.time, f"{n} " + "x" * 5000) for n in range(20)]
+    await RedisWriter(client, settings).write([event], lines)
+    stored = redis_client.lrange(KeySpace(settings).lines(message_ref(event.server, event.msgid)), 0, -1)
+    assert len(stored) == 5 and all(len(line) == 100 for line in stored)
+    assert stored[0].startswith(b"0 ")
+
+
+async def test_an_event_re_emitted_with_more_data_overwrites_and_reindexes(client, key_prefix):
+    settings = store_settings(key_prefix)
+    writer, search = RedisWriter(client, settings), DeliverySearch(client, settings)
+    bare = make_event(type=EventType.BOUNCED, time=NOW - 100, reason=Reason.UNKNOWN, response="550 no")
+    richer = dataclasses.replace(bare, reason=Reason.RECIPIENT_UNKNOWN, bounce_msgid="1bounce-000000000-0000")
+    assert bare.event_id == richer.event_id
+    await writer.write([bare])
+    stats = await writer.write([richer])
+    assert stats.updated == 1
+    stale = await search.search(Query(reason=Reason.UNKNOWN), now=NOW)
+    fresh = await search.search(Query(reason=Reason.RECIPIENT_UNKNOWN), now=NOW)
+    assert stale.events == [] and [e.bounce_msgid for e in fresh.events] == ["1bounce-000000000-0000"]
+    # a late replay of the poorer version does not win back
+    replay = await writer.write([bare])
+    assert replay.updated == 1
+    again = await search.search(Query(reason=Reason.RECIPIENT_UNKNOWN), now=NOW)
+    assert [e.bounce_msgid for e in again.events] == ["1bounce-000000000-0000"]
+    assert (await search.search(Query(reason=Reason.UNKNOWN), now=NOW)).events == []
+
+
+async def test_stale_index_entries_are_removed_from_redis(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix)
+    writer = RedisWriter(client, settings)
+    first = make_event(type=EventType.DEFERRED, time=NOW - 100, reason=Reason.UNKNOWN)
+    await writer.write([first])
+    await writer.write([dataclasses.replace(first, reason=Reason.GREYLISTED, hint="retried later")])
+    reason_keys = list(redis_client.scan_iter(match=f"{settings.prefix}:x:re:*".encode()))
+    assert sum(redis_client.zcard(key) for key in reason_keys) == 1
+
+
+async def test_stats_are_not_counted_twice_on_replay(client, key_prefix):
+    settings = store_settings(key_prefix)
+    events = random_events(200, seed=5, span=3600.0)
+    writer = RedisWriter(client, settings)
+    await writer.write(events)
+    await writer.write(events)
+    await RedisWriter(client, settings).write(events[:50])
+    result = await DeliverySearch(client, settings).stats("user", since=NOW - 7200, until=NOW, now=NOW)
+    rows = {row.key: row for row in result.rows}
+    for user in {e.cpanel_user for e in events}:
+        mine = [e for e in events if e.cpanel_user == user]
+        assert rows[user].delivered == sum(e.type is EventType.DELIVERED for e in mine)
+        assert rows[user].deferred == sum(e.type is EventType.DEFERRED for e in mine)
+        assert rows[user].failed == sum(e.type in (EventType.BOUNCED, EventType.EXPIRED, EventType.REJECTED)
+                                        for e in mine)
+        messages = {(e.server, e.msgid): e.size for e in mine if e.msgid}
+        assert rows[user].sent == len(messages)
+        assert rows[user].bytes == sum(messages.values())
+
+
+async def test_events_older_than_the_retention_are_skipped(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix, retention_days=1)
+    writer = RedisWriter(client, settings)
+    stats = await writer.write([make_event(time=time.time() - 2 * 86400), make_event(time=time.time() - 3600)])
+    assert stats.skipped == 1 and stats.new == 1
+
+
+async def test_every_key_expires_with_the_retention(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix, retention_days=1, message_lifetime_days=1)
+    now = time.time()
+    events = random_events(100, seed=2, span=3600.0, end=now)
+    lines = [MessageLine(e.server, e.msgid, e.time, "raw line") for e in events if e.msgid]
+    await RedisWriter(client, settings).write(events, lines)
+    keys = list(redis_client.scan_iter(match=f"{settings.prefix}:*".encode()))
+    assert keys
+    for key in keys:
+        ttl = redis_client.ttl(key)
+        if key.startswith(f"{settings.prefix}:dict".encode()):
+            continue
+        # at most retention + message lifetime + one bucket, and never persistent
+        assert 0 < ttl <= 2 * 86400 + 86400 + 120, key
+
+
+async def test_purge_expired_removes_index_keys_that_lost_their_expiry(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix, retention_days=1)
+    keys = KeySpace(settings)
+    now = time.time()
+    old_bucket = keys.bucket_of(Kind.SERVER, now - 86400 - 2 * 3600)
+    orphan = keys.index(Kind.SERVER, old_bucket, 3)
+    current = keys.index(Kind.SERVER, keys.bucket_of(Kind.SERVER, now), 3)
+    redis_client.zadd(orphan, {b"x": 0})
+    redis_client.zadd(current, {b"x": 0})
+    removed = await RedisWriter(client, settings).purge_expired(now)
+    assert removed == 1
+    assert not redis_client.exists(orphan) and redis_client.exists(current)
+
+
+async def test_hostile_strings_are_stored_bounded_and_never_build_keys(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix, max_field_chars=256)
+    hostile = "{evil} *\n\r\x00 " + "z" * 10_000 + "\udcff"
+    event = make_event(
+        time=NOW - 10, sender=hostile + "@x", recipient=hostile, subject=hostile, response=hostile,
+        cpanel_user=hostile, server="mx{1}*", client_ip=hostile,
+    )
+    await RedisWriter(client, settings).write([event], [MessageLine("mx{1}*", event.msgid, event.time, hostile)])
+    for key in redis_client.scan_iter(count=1000):
+        assert b"evil" not in key and len(key) < 48
+    stored = await DeliverySearch(client, settings).search(Query(cpanel_user=hostile), now=NOW)
+    assert len(stored.events) == 1
+    assert len(stored.events[0].subject) == 256 and "\udcff" not in stored.events[0].subject
+
+
+async def test_records_are_compressed_once_a_dictionary_is_trained(client, redis_client, key_prefix):
+    settings = store_settings(key_prefix, dictionary_samples=200)
+    events = random_events(600, seed=8)
+    writer = RedisWriter(client, settings)
+    for start in range(0, 600, 100):
+        await writer.write(events[start : start + 100])
+    assert writer.compression.dictionary_id is not None
+    assert redis_client.get(f"{settings.prefix}:dict:current".encode()) == writer.compression.dictionary_id
+    # a second writer adopts the stored dictionary instead of training its own
+    other = RedisWriter(client, settings)
+    await other.write(events[:1])
+    assert other.compression.dictionary_id == writer.compression.dictionary_id
+    found = await DeliverySearch(client, settings).search(Query(max_results_by_type=0), now=NOW)
+    assert {e.event_id for e in found.events} == {e.event_id for e in events}

@@ -1,0 +1,219 @@
+"""The shared records → lines → events step, without Kafka: dedupe, crash replays, dead letters, expiry."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import orjson
+import pytest
+
+from processors.exim.correlator import Correlator
+from processors.exim.parser import parse_lines
+from processors.exim.types import LineKind
+from processors.pipeline import NEVER, Pipeline, decode_header
+from tests.processors._support import (
+    file_lines,
+    file_records,
+    final_events,
+    fleet_records,
+    generate_fleet,
+    offline_pipeline,
+    run_offline,
+)
+from trackdelivery.events import EventType
+from trackdelivery.records import encode_batch
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    return generate_fleet(tmp_path_factory.mktemp("fleet"), servers=3, messages=150)
+
+
+def reference_events(files: list[Path]) -> dict[str, dict]:
+    """Plain parse + correlate over each file, no dedupe, no expiry: the offline truth."""
+    correlator = Correlator()
+    events = []
+    for path in files:
+        server = path.parent.name
+        for parsed in parse_lines(data for _, data in file_lines(path)):
+            events.extend(correlator.feed(server, parsed))
+    return final_events(events)
+
+
+def all_events(results) -> dict[str, dict]:
+    return final_events(event for result in results for event in result.events)
+
+
+def test_records_give_the_same_events_as_plain_parse_and_correlate(fleet: list[Path]) -> None:
+    results = list(run_offline(record for _, record in fleet_records(fleet)))
+
+    assert all_events(results) == reference_events(fleet)
+    assert sum(result.lines_in for result in results) == sum(len(file_lines(path)) for path in fleet)
+    assert sum(result.duplicates for result in results) == 0
+    kinds = {event["type"] for event in all_events(results).values()}
+    assert {EventType.DELIVERED, EventType.DEFERRED, EventType.REJECTED} <= kinds
+
+
+def test_message_lines_carry_every_line_with_a_message_id(fleet: list[Path]) -> None:
+    path = fleet[0]
+    results = list(run_offline(file_records(path, "srv")))
+    lines = [line for result in results for line in result.lines]
+
+    expected = [parsed.raw for parsed in parse_lines(data for _, data in file_lines(path)) if parsed.msgid]
+    assert [text for _, _, _, text in lines] == expected
+    assert all(server == "srv" and msgid for server, msgid, _, _ in lines)
+
+
+def test_duplicate_and_overlapping_records_are_dropped_by_offset(fleet: list[Path]) -> None:
+    path = fleet[0]
+    clean = file_records(path, "srv", lines_per_record=5)
+    resent = file_records(path, "srv", lines_per_record=7)  # overlaps the clean batches at other cut points
+    stream = []
+    for index, record in enumerate(clean):
+        stream.append(record)
+        if index % 3 == 0:
+            stream.append(record)  # the shipper re-sent it after a crash
+        if index % 4 == 1:
+            stream.extend(resent[: index // 2])  # an old checkpoint replayed
+
+    clean_results = list(run_offline(clean))
+    noisy_results = list(run_offline(stream))
+
+    assert all_events(noisy_results) == all_events(clean_results)
+    total_lines = len(file_lines(path))
+    assert sum(r.lines_in for r in noisy_results) - sum(r.duplicates for r in noisy_results) == total_lines
+    assert sum(r.duplicates for r in noisy_results) > 0
+    assert [line for r in noisy_results for line in r.lines] == [line for r in clean_results for line in r.lines]
+
+
+def test_a_crash_before_or_during_the_commit_ends_in_the_clean_state(fleet: list[Path]) -> None:
+    records = [record for _, record in fleet_records(fleet, lines_per_record=6)]
+    clean = all_events(run_offline(records))
+    rng = random.Random(3)
+    pipeline = offline_pipeline()
+    written = []  # what reached Redis, in order, replays included
+    index = 0
+    crashes = 0
+    while index < len(records):
+        result = pipeline.process(records[index])
+        roll = rng.random()
+        if roll < 0.15:  # crash before the outputs were written: nothing written, state not committed
+            pipeline.discard()
+            crashes += 1
+            continue
+        written.extend(result.events)
+        writes = pipeline.commit(result.partition)
+        if roll < 0.3:  # crash while the changelog was being written: only a prefix landed
+            pipeline.apply(writes[: rng.randrange(len(writes) + 1)])
+            crashes += 1
+            continue
+        pipeline.apply(writes)
+        index += 1
+
+    assert crashes > 10
+    assert final_events(written) == clean
+
+
+def test_hostile_input_is_dead_lettered_with_a_reason_and_counted() -> None:
+    garbage_lines = [
+        b"\xff\xfe not utf-8 \x00\x01",
+        b"2025-03-10 00:00:01 " + b"A" * 100_000,
+        b"",
+        b"2025-13-45 99:99:99 1trQoR-0003Fg-NR <= <> R=",
+        "2025-03-10 00:00:02 ‮ unicode control ‭".encode(),
+        b'2025-03-10 00:00:03 1trQoR-0003Fg-NR ** "unterminated',
+    ]
+    rng = random.Random(11)
+    garbage_lines += [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 300))) for _ in range(200)]
+    offsets, position = [], 0
+    for line in garbage_lines:
+        offsets.append(position)
+        position += len(line) + 1
+    records = [
+        encode_batch("srv", "f1", "/var/log/exim_mainlog", offsets, garbage_lines, position),
+        b"not json at all",
+        orjson.dumps({"v": 1, "server": "srv", "file": "f2", "offsets": ["x"], "lines": ["a"], "end": 2}),
+        orjson.dumps({"v": 1, "server": "srv", "file": "f3", "offsets": [0], "lines": [{"hex": "00"}], "end": 2}),
+        b"",
+    ]
+    results = list(run_offline(records))
+
+    unparsed = [entry for result in results for entry in result.unparsed]
+    assert sum(result.undecodable for result in results) == 4
+    assert all(entry["reason"] for entry in unparsed)
+    assert all(len(entry["line"]) <= 8192 and len(entry["reason"]) <= 512 for entry in unparsed)
+    from_lines = [entry for entry in unparsed if entry["file"] == "f1"]
+    assert len(from_lines) >= len(garbage_lines) // 2
+    assert {entry["offset"] for entry in from_lines} <= set(offsets)
+    orjson.dumps(unparsed)  # every dead letter is serialisable
+
+
+def test_continuation_lines_follow_their_message_across_records() -> None:
+    lines = [
+        b"2025-03-10 10:00:00 1trQoR-0003Fg-NR <= a@example.com H=mx [192.0.2.1] P=esmtp S=100 for b@example.org",
+        b"2025-03-10 10:00:01 1trQoR-0003Fg-NR ** b@example.org R=dnslookup T=remote_smtp: SMTP error from remote"
+        b" mail server after RCPT TO:<b@example.org>: 550-5.1.1 The email account",
+        b"  that you tried to reach does not exist",
+        b"2025-03-10 10:00:02 1trQoR-0003Fg-NR Completed",
+    ]
+    offsets = [0, 200, 400, 500]
+    split = [
+        encode_batch("srv", "f", "p", offsets[:2], lines[:2], 300),
+        encode_batch("srv", "f", "p", offsets[2:], lines[2:], 600),
+    ]
+    results = list(run_offline(split))
+    kinds = [LineKind(parsed.kind) for parsed in parse_lines(lines)]
+    if LineKind.CONTINUATION not in kinds:
+        pytest.fail(f"the parser no longer reports continuation lines: {kinds}")
+    msgids = [msgid for result in results for _, msgid, _, _ in result.lines]
+    assert msgids == ["1trQoR-0003Fg-NR"] * 4
+
+
+def test_state_expires_on_the_servers_log_clock_and_the_sweep_only_drops_what_reads_ignore() -> None:
+    def record(offset: int, text: str) -> bytes:
+        return encode_batch("srv", "f", "p", [offset], [text.encode()], offset + len(text) + 1)
+
+    pipeline = offline_pipeline(grace_seconds=600, stale_seconds=3600)
+    list(run_offline([
+        record(0, "2025-03-10 10:00:00 1trQoR-0003Fg-NR <= a@example.com H=mx [192.0.2.1] P=esmtp S=1 for b@x.org"),
+        record(100, "2025-03-10 10:00:01 1trQoR-0003Fg-NR => b@x.org R=r T=t H=mx.x.org [192.0.2.2] C=\"250 ok\""),
+        record(200, "2025-03-10 10:00:02 1trQoR-0003Fg-NR Completed"),
+        record(300, "2025-03-10 10:00:03 1trQoS-0003Fg-NR <= c@example.com H=mx [192.0.2.1] P=esmtp S=1 for d@x.org"),
+    ], pipeline))
+    state_keys = [key for key in pipeline.backing if "#" not in key]
+    assert len(state_keys) == 2
+    assert pipeline.expired_keys(pipeline.backing.items()) == []
+
+    # 20 minutes later on this server's clock: the finished message is past its grace period
+    list(run_offline([record(400, "2025-03-10 10:20:00 Start queue run: pid=1")], pipeline))
+    expired = pipeline.expired_keys(pipeline.backing.items())
+    assert len(expired) == 1 and "1trQoR" in expired[0]
+    assert decode_header(pipeline.backing[expired[0]])[1] < NEVER
+    # a read at this clock already treats it as absent, so sweeping changes no output
+    pipeline.store.now = pipeline.clock("srv")
+    assert pipeline.store.get(expired[0]) is None
+    pipeline.discard()
+
+    # two hours later the unfinished one is stale too
+    list(run_offline([record(500, "2025-03-10 12:00:00 Start queue run: pid=2")], pipeline))
+    assert len(pipeline.expired_keys(pipeline.backing.items())) == 2
+
+
+def test_pipeline_accepts_a_custom_parser_and_survives_its_crashes() -> None:
+    def broken_parse(raw: bytes, **_: object):
+        raise RuntimeError("boom")
+
+    pipeline = Pipeline({}, parse=broken_parse, message_line=lambda *args: args)
+    result = pipeline.process(encode_batch("srv", "f", "p", [0, 10], [b"line one", b"line two"], 20))
+    assert [entry["reason"] for entry in result.unparsed] == ["parser error: RuntimeError"] * 2
+    assert result.events == []
+
+
+def test_events_are_encoded_as_their_dict_form(fleet: list[Path]) -> None:
+    from processors.pipeline import encode_event
+
+    events = [event for result in run_offline(file_records(fleet[0], "srv")) for event in result.events]
+    assert events
+    for event in events:
+        assert orjson.loads(encode_event(event)) == orjson.loads(orjson.dumps(event.to_dict()))
