@@ -15,8 +15,8 @@ import orjson
 from trackdelivery.devenv.kafka import KafkaBroker
 from trackdelivery.devenv.ports import port_open
 from trackdelivery.devenv.redis import RedisServer
-from trackdelivery.devenv.topics import create_topics
 from trackdelivery.settings import KafkaSettings, TopicNames, topic_partitions
+from trackdelivery.topics import create_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

@@ -59,7 +59,7 @@ def test_broker_restart_keeps_data_and_port(tmp_path: Path) -> None:
     broker = KafkaBroker(tmp_path / "kafka")
     broker.start()
     try:
-        from trackdelivery.devenv.topics import create_topics
+        from trackdelivery.topics import create_topics
 
         create_topics(broker.bootstrap, {"kept": 1})
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
