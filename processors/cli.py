@@ -7,6 +7,7 @@ import datetime
 import sys
 import time
 import zoneinfo
+from pathlib import Path
 from typing import Any
 
 import click
@@ -84,6 +85,10 @@ def process(
             import rocksdict  # noqa: F401
         except ImportError as error:
             raise click.ClickException("the rocksdb:// store needs the rocksdict package") from error
+    try:
+        Path(settings.datadir).mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise click.ClickException(f"cannot create the data directory {settings.datadir}: {error}") from error
     kafka, topics, redis_settings = KafkaSettings(), TopicNames(), RedisSettings()
     partitions = raw_topic_partitions(kafka.bootstrap_servers, topics.raw)
 

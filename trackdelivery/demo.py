@@ -136,7 +136,9 @@ def main(log_path: Path | None, server: str, servers: int, messages: int, rate: 
                 "ship", "--server", name, "--path", str(path), "--start-position", "beginning",
                 "--checkpoint-dir", str(demo_dir / "checkpoints" / name),
             ])
-        children.start("process", ["process", "--metrics-port", str(free_port())])
+        children.start("process", [
+            "process", "--metrics-port", str(free_port()), "--datadir", str(demo_dir / "processor"),
+        ])
         children.start("serve", ["serve", "--port", str(port)])
         wait_until(lambda: port_open("127.0.0.1", port) or children.check(), 120, "the query service")
         operator = run_json(["tokens", "create", "--operator", "--name", "demo operator", "--json"], env)
