@@ -39,7 +39,11 @@ class ShipperSettings(BaseSettings):
         validation_alias=AliasChoices("bootstrap_servers", "TRACKDELIVERY_BOOTSTRAP_SERVERS",
                                       "KAFKA_BOOTSTRAP_SERVERS"),
     )
-    topic: str = "exim.mainlog.raw"
+    topic: str = Field(
+        default="exim.mainlog.raw",
+        validation_alias=AliasChoices("topic", "TRACKDELIVERY_TOPIC", "TRACKDELIVERY_TOPIC_RAW"),
+        description="raw-line topic; TRACKDELIVERY_TOPIC_RAW is the name every component reads",
+    )
     partitions: int = Field(default=8, ge=1, description="used by --create-topics")
     replication_factor: int = Field(default=1, ge=1, description="used by --create-topics")
     checkpoint_dir: Path = Path("/var/lib/trackdelivery/shipper")
