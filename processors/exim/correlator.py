@@ -316,20 +316,34 @@ class Correlator:
     # -- arrival-side extras ---------------------------------------------------------------------------
 
     def _on_spam_score(self, server: str, line: ParsedLine, msgid: str, state: dict[str, Any]) -> list[DeliveryEvent]:
-        if line.spam_score is not None:
-            state.setdefault(ARRIVAL, {})["spam_score"] = line.spam_score
-        return []
+        if line.spam_score is None:
+            return []
+        return self._enrich_arrival(server, msgid, state, "spam_score", line.spam_score, overwrite=True)
 
     def _on_sender_ident(self, server: str, line: ParsedLine, msgid: str, state: dict[str, Any]) -> list[DeliveryEvent]:
-        if line.user:
-            state.setdefault(ARRIVAL, {})["cpanel_user"] = line.user
-        return []
+        if not line.user:
+            return []
+        return self._enrich_arrival(server, msgid, state, "cpanel_user", line.user, overwrite=True)
 
     def _on_connection_ident(
         self, server: str, line: ParsedLine, msgid: str, state: dict[str, Any]
     ) -> list[DeliveryEvent]:
-        if line.user:
-            state.setdefault(ARRIVAL, {}).setdefault("cpanel_user", line.user)
+        if not line.user:
+            return []
+        return self._enrich_arrival(server, msgid, state, "cpanel_user", line.user, overwrite=False)
+
+    def _enrich_arrival(
+        self, server: str, msgid: str, state: dict[str, Any], name: str, value: Any, *, overwrite: bool
+    ) -> list[DeliveryEvent]:
+        """Arrival data logged after ``<=`` (cPanel writes these lines after it): the in-progress events
+        already emitted are re-emitted with it, so the stored result does not depend on line order or
+        on a line being replayed after a crash."""
+        arrival = state.setdefault(ARRIVAL, {})
+        if arrival.get(name) == value or (name in arrival and not overwrite):
+            return []
+        arrival[name] = value
+        if self.emit_in_progress and state.get(ARRIVED):
+            return self._in_progress(server, msgid, state)
         return []
 
     # -- outcomes --------------------------------------------------------------------------------------

@@ -492,3 +492,26 @@ def test_rejections_of_one_address_in_the_same_second_are_distinct_events() -> N
     first, second = run([rejection("192.0.2.1"), rejection("192.0.2.2")])
     assert first.event_id != second.event_id
     assert run([rejection("192.0.2.1")])[0].event_id == first.event_id  # and still deterministic
+
+
+def test_arrival_data_logged_after_the_arrival_reaches_the_in_progress_events() -> None:
+    # cPanel logs "Sender identification" and the SpamAssassin verdict around the <= line
+    lines = [
+        arrival("bob@gmail.com", "carol@yahoo.com", user="mailnull"),
+        line(LineKind.SENDER_IDENT, T0, user="shopuser", cpanel_domain="example.com"),
+        line(LineKind.SPAM_SCORE, T0 + 1, spam_score=2.5, is_spam=False),
+    ]
+    correlator = Correlator()
+    events = [event for parsed in lines for event in correlator.feed(SERVER, parsed)]  # live: no flush
+    waiting = latest_by_id(of_type(events, EventType.IN_PROGRESS))
+    assert len(waiting) == 2
+    assert {(e["cpanel_user"], e["spam_score"]) for e in waiting.values()} == {("shopuser", 2.5)}
+
+
+def test_replaying_the_arrival_after_its_enrichment_ends_in_the_same_events() -> None:
+    # a worker crash after its state was saved but before its offsets were: the record is fed again
+    first = [arrival("bob@gmail.com"), line(LineKind.SENDER_IDENT, T0, user="shopuser")]
+    correlator = Correlator()
+    once = [event for parsed in first for event in correlator.feed(SERVER, parsed)]
+    replayed = once + [event for parsed in first for event in correlator.feed(SERVER, parsed)]
+    assert latest_by_id(replayed) == latest_by_id(once)
