@@ -84,7 +84,10 @@ def _route(event: DeliveryEvent) -> dict[str, Any]:
 
 def _recipient_summary(attempts: list[DeliveryEvent]) -> dict[str, Any]:
     finals = [e for e in attempts if e.type in FINAL_TYPES]
-    outcome = finals[-1] if finals else attempts[-1]
+    # "in progress" is what was known at arrival: any other event of the recipient is newer news, even one
+    # logged in the same second (a message frozen by the system filter right after it arrived)
+    progressed = [e for e in attempts if e.type is not EventType.IN_PROGRESS]
+    outcome = finals[-1] if finals else (progressed or attempts)[-1]
     explained = next((e for e in reversed(attempts) if e.reason is not None), None)
     waiting = outcome.type in _WAITING
     return {
