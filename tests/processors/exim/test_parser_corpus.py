@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -11,6 +10,7 @@ import pytest
 
 from processors.exim.parser import parse_line
 from processors.exim.types import LineKind
+from tests.processors.exim.corpus import corpus_dir
 
 REPO = Path(__file__).resolve().parents[3]
 # a timestamp at the start: Exim's own, ISO/journal, BSD syslog, or "host exim[pid]: " then Exim's
@@ -24,16 +24,6 @@ FLAG_KINDS = {
     b"**": LineKind.FAILURE,
     b"==": LineKind.DEFERRAL,
 }
-
-
-def corpus_dir() -> Path:
-    configured = os.environ.get("TRACKDELIVERY_CORPUS")
-    path = Path(configured) if configured else REPO.parent / "shared" / "corpus"
-    if not path.is_dir():
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"Exim corpus not found at {path}: CI must provide it (or set TRACKDELIVERY_CORPUS)")
-        pytest.skip(f"Exim corpus not found at {path}; set TRACKDELIVERY_CORPUS to run this test")
-    return path
 
 
 def corpus_lines() -> list[tuple[str, bytes]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 from processors.exim.correlator import Correlator
 from processors.exim.parser import parse_line
 from processors.exim.types import LineKind, ParsedLine
+from tests.processors.exim.corpus import corpus_dir
 from trackdelivery.events import DeliveryEvent, EventType, Reason
 
 REPO = Path(__file__).resolve().parents[3]
@@ -107,16 +107,6 @@ def test_final_state_of_every_recipient_matches_the_truth(tmp_path: Path) -> Non
 # -- the real-log corpus -------------------------------------------------------------------------------
 
 
-def corpus_dir() -> Path | None:
-    configured = os.environ.get("TRACKDELIVERY_CORPUS")
-    path = Path(configured) if configured else REPO.parent / "shared" / "corpus"
-    if path.is_dir():
-        return path
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"corpus not found at {path} (set TRACKDELIVERY_CORPUS)")
-    return None
-
-
 EXPECTED_TYPES = {
     LineKind.DELIVERY: {EventType.DELIVERED, EventType.FILTERED, EventType.ARCHIVED},
     LineKind.DELIVERY_MORE: {EventType.DELIVERED, EventType.FILTERED, EventType.ARCHIVED},
@@ -127,8 +117,6 @@ EXPECTED_TYPES = {
 
 def test_every_outcome_line_of_the_corpus_becomes_an_event() -> None:
     corpus = corpus_dir()
-    if corpus is None:
-        pytest.skip("no corpus (set TRACKDELIVERY_CORPUS)")
     files = sorted(path for path in corpus.rglob("*") if path.is_file() and path.suffix != ".md")
     assert files
     missing = []
