@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from anchors import find_eximstats
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
 TARGET = 3.0
@@ -100,23 +102,6 @@ def bench_log(lines: int, seed: int) -> Path:
     return target
 
 
-def find_eximstats() -> list[str]:
-    found = shutil.which("eximstats")
-    if found:
-        return [found]
-    unpacked = CACHE / "exim4-base" / "usr" / "sbin" / "eximstats"
-    if not unpacked.exists():
-        download = CACHE / "exim4-base-deb"
-        download.mkdir(parents=True, exist_ok=True)
-        debs = sorted(download.glob("exim4-base_*.deb"))
-        if not debs:
-            log("eximstats not on PATH: fetching Debian's exim4-base package (not installing it)")
-            subprocess.run(["apt-get", "download", "exim4-base"], cwd=download, check=True)
-            debs = sorted(download.glob("exim4-base_*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(CACHE / "exim4-base")], check=True)
-    return ["perl", str(unpacked)]
-
-
 def pinned(command: list[str]) -> list[str]:
     return ["taskset", "-c", "0", *command] if shutil.which("taskset") else command
 
@@ -164,7 +149,7 @@ def main() -> None:
     path = bench_log(args.lines, args.seed)
     lines = count_lines(path)
     ours = pinned([sys.executable, "-m", "trackdelivery", "parse", "--output", "events", str(path)])
-    theirs = pinned([*find_eximstats(), str(path)])
+    theirs = pinned([*find_eximstats(CACHE), str(path)])
     log(f"log: {path} ({lines} lines, {path.stat().st_size / 1e6:.1f} MB)")
 
     our_rates, their_rates = [], []

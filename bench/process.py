@@ -16,7 +16,6 @@ import argparse
 import datetime
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import urllib.request
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
+
+from anchors import find_eximstats
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / "bench" / ".cache"
@@ -44,23 +45,6 @@ def make_cache() -> None:
     ignore = CACHE / ".gitignore"
     if not ignore.exists():
         ignore.write_text("*\n")
-
-
-def find_eximstats() -> list[str]:
-    found = shutil.which("eximstats")
-    if found:
-        return [found]
-    unpacked = CACHE / "exim4-base" / "usr" / "sbin" / "eximstats"
-    if not unpacked.exists():
-        download = CACHE / "exim4-base-deb"
-        download.mkdir(parents=True, exist_ok=True)
-        debs = sorted(download.glob("exim4-base_*.deb"))
-        if not debs:
-            log("eximstats not on PATH: fetching Debian's exim4-base package (not installing it)")
-            subprocess.run(["apt-get", "download", "exim4-base"], cwd=download, check=True)
-            debs = sorted(download.glob("exim4-base_*.deb"))
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(CACHE / "exim4-base")], check=True)
-    return ["perl", str(unpacked)]
 
 
 def generate(out: Path, servers: int, lines: int, seed: int, days: float) -> list[Path]:
@@ -176,7 +160,7 @@ def main() -> None:
     from trackdelivery.topics import create_topics
 
     make_cache()
-    eximstats = find_eximstats()
+    eximstats = find_eximstats(CACHE)
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(dir=CACHE, prefix="process-")))
         bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")

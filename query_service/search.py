@@ -21,7 +21,7 @@ from redis.exceptions import NoScriptError
 
 from trackdelivery.events import DeliveryEvent, EventType
 from trackdelivery.store import codec
-from trackdelivery.store.exceptions import InvalidCursor, InvalidQuery, StoreError
+from trackdelivery.store.exceptions import InvalidCursor, InvalidQuery
 from trackdelivery.store.keys import (
     ALL_TYPES,
     ARRIVAL_FIELD,
@@ -288,12 +288,7 @@ class DeliverySearch:
 
     async def _load_dictionaries(self, blobs: list[bytes | None]) -> None:
         """Loads (once) the record dictionaries ``blobs`` were compressed with."""
-        for dictionary_id in {self.compression.missing(blob) for blob in blobs} - {None}:
-            assert dictionary_id is not None
-            data = await self.client.get(self.keys.dictionary(dictionary_id))
-            if data is None:
-                raise StoreError(f"record dictionary {dictionary_id.hex()} is missing from the store")
-            self.compression.install(dictionary_id, codec.as_bytes(data), use=False)
+        await self.compression.load_missing(blobs, lambda did: self.client.get(self.keys.dictionary(did)))
 
     def _record(self, blob: bytes) -> bytes:
         return self.compression.decompress(blob)

@@ -20,7 +20,6 @@ from redis.exceptions import NoScriptError
 
 from trackdelivery.events import BLOCKED_AND_FAILED, DeliveryEvent, EventType
 from trackdelivery.store import codec
-from trackdelivery.store.exceptions import StoreError
 from trackdelivery.store.keys import (
     ARRIVAL_FIELD,
     MSGREF_BYTES,
@@ -129,12 +128,7 @@ class RedisWriter:
             self._dictionary_state, self._samples = "ready", []
 
     async def _load_dictionaries(self, blobs: Sequence[bytes | None]) -> None:
-        for dictionary_id in {self.compression.missing(blob) for blob in blobs} - {None}:
-            assert dictionary_id is not None
-            data = await self.client.get(self.keys.dictionary(dictionary_id))
-            if data is None:
-                raise StoreError(f"record dictionary {dictionary_id.hex()} is missing from the store")
-            self.compression.install(dictionary_id, codec.as_bytes(data), use=False)
+        await self.compression.load_missing(blobs, lambda did: self.client.get(self.keys.dictionary(did)))
 
     def _sample(self, raw: bytes) -> None:
         if self._dictionary_state == "sampling" and len(self._samples) < 10 * self.settings.dictionary_samples:

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any
 
 import orjson
 import zstandard
 
 from trackdelivery.events import DeliveryEvent, EventType, Reason, RetryState, make_event_id
+from trackdelivery.store.exceptions import StoreError
 from trackdelivery.store.keys import TYPE_CODES, TYPES_BY_CODE, clean_text
 
 #: event field -> stored key, for fields of one delivery attempt
@@ -220,6 +221,17 @@ class RecordCompression:
             return blob
         decompressor = self._decompressors[blob[1 : self.HEADER]]
         return decompressor.decompress(blob[self.HEADER :], max_output_size=1 << 22)
+
+    async def load_missing(
+        self, blobs: Iterable[bytes | None], fetch: Callable[[bytes], Awaitable[bytes | str | None]]
+    ) -> None:
+        """Install (once) the dictionaries ``blobs`` were compressed with; ``fetch`` reads one from the store."""
+        for dictionary_id in {self.missing(blob) for blob in blobs} - {None}:
+            assert dictionary_id is not None
+            data = await fetch(dictionary_id)
+            if data is None:
+                raise StoreError(f"record dictionary {dictionary_id.hex()} is missing from the store")
+            self.install(dictionary_id, as_bytes(data), use=False)
 
 
 def as_bytes(value: bytes | str) -> bytes:
