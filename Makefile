@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps kafka-jars lint format test bench demo dev-up dev-down clean lock
+.PHONY: install system-deps kafka-jars lint format test bench demo dev-up dev-down clean lock config-docs
 
 install: system-deps $(VENV)/.installed kafka-jars
 
@@ -17,6 +17,7 @@ system-deps:
 	command -v java >/dev/null || missing="$$missing openjdk-17-jre-headless"; \
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v openssl >/dev/null || missing="$$missing openssl"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -41,6 +42,9 @@ lint: install
 
 format: install
 	$(BIN)/ruff check --fix .
+
+config-docs: install
+	$(BIN)/python -m trackdelivery.settings_doc
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)

@@ -29,7 +29,7 @@ from processors.pipeline import (
     event_key,
 )
 from processors.settings import ProcessorSettings
-from trackdelivery.settings import TopicNames
+from trackdelivery.settings import KafkaSettings, TopicNames, as_kafka_settings
 
 log = logging.getLogger("trackdelivery.processor")
 
@@ -57,6 +57,7 @@ class RecordProcessor:
         metrics: ProcessorMetrics,
         redis_writer: Any,
         bootstrap_servers: str,
+        kafka: KafkaSettings | None = None,
     ) -> None:
         self.app = app
         self.table = table
@@ -66,6 +67,7 @@ class RecordProcessor:
         self.metrics = metrics
         self.redis_writer = redis_writer
         self.bootstrap_servers = bootstrap_servers
+        self.kafka = kafka or as_kafka_settings(bootstrap_servers)  # TLS/SASL of the direct reads
         self._next_offsets: dict[int, int | None] = {}
         self._last_sweep: dict[int, float] = {}
         self._sweeps: dict[int, Iterator[str]] = {}
@@ -82,7 +84,7 @@ class RecordProcessor:
     async def _handle_record(self, partition: int, offset: int, value: bytes | None) -> None:
         result = self.pipeline.process(value, partition)
         try:
-            await self._write_outputs(result)
+            await self._write_outputs(result, partition)
         except BaseException:
             self.pipeline.discard()  # cancelled (shutdown): the record is processed again on restart
             raise
@@ -115,7 +117,7 @@ class RecordProcessor:
 
         log.warning("raw records %s[%d] %d..%d were not delivered by faust: reading them directly",
                     tp.topic, tp.partition, start, end - 1)
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap_servers, group_id=None,
+        consumer = AIOKafkaConsumer(**self.kafka.aiokafka_config(), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
         await consumer.start()
         try:
@@ -137,7 +139,7 @@ class RecordProcessor:
         finally:
             await consumer.stop()
 
-    async def _write_outputs(self, result: BatchResult) -> None:
+    async def _write_outputs(self, result: BatchResult, partition: int) -> None:
         if result.empty:
             return
         failures = 0
@@ -146,7 +148,7 @@ class RecordProcessor:
                 if result.events or result.lines:
                     with self.metrics.redis_write_seconds.time():
                         await self.redis_writer.write(result.events, result.lines)
-                await self._publish(result)
+                await self._publish(result, partition)
                 return
             except asyncio.CancelledError:
                 raise
@@ -158,12 +160,14 @@ class RecordProcessor:
                             failures, pause)
                 await asyncio.sleep(pause)
 
-    async def _publish(self, result: BatchResult) -> None:
+    async def _publish(self, result: BatchResult, partition: int) -> None:
+        """Events go to the events-topic partition numbered like the raw partition they come from, so each
+        server's events keep their log order there (consumers such as the alert worker rely on it)."""
         producer = self.app.producer
         pending = []
         for event in result.events:
             pending.append(
-                await producer.send(self.topics.events, event_key(event), encode_event(event), None, None, None)
+                await producer.send(self.topics.events, event_key(event), encode_event(event), partition, None, None)
             )
         for entry in result.unparsed:
             key = str(entry.get("server") or "-").encode("utf-8", "surrogatepass")

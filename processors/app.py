@@ -43,6 +43,22 @@ def broker_urls(bootstrap_servers: str) -> list[str]:
     return [f"kafka://{server.strip()}" for server in bootstrap_servers.split(",") if server.strip()]
 
 
+def worker_settings(kafka: KafkaSettings, *, session_timeout: float, commit_interval: float) -> dict[str, Any]:
+    """faust settings every trackdelivery worker shares: acks from all replicas, earliest offsets, security."""
+    return {
+        "broker": broker_urls(kafka.bootstrap_servers),
+        "autodiscover": False,
+        "topic_replication_factor": kafka.replication_factor,
+        "broker_commit_interval": commit_interval,
+        "broker_session_timeout": session_timeout,
+        "broker_heartbeat_interval": min(3.0, session_timeout / 3),
+        "consumer_auto_offset_reset": "earliest",
+        "producer_acks": -1,
+        "stream_wait_empty": True,
+        **kafka.faust_config(),  # broker_credentials for TLS/SASL; nothing for PLAINTEXT
+    }
+
+
 def create_app(
     settings: ProcessorSettings,
     kafka: KafkaSettings,
@@ -63,22 +79,14 @@ def create_app(
     metrics = metrics or ProcessorMetrics()
     app = faust.App(
         settings.app_id,
-        broker=broker_urls(kafka.bootstrap_servers),
         store=settings.store,
         datadir=settings.datadir,
-        autodiscover=False,
         web_enabled=settings.web_port is not None,
         web_port=settings.web_port or 6066,
         web_host="127.0.0.1",
         topic_partitions=partition_count,
-        topic_replication_factor=kafka.replication_factor,
         table_standby_replicas=settings.standby_replicas,
-        broker_commit_interval=settings.commit_interval,
-        broker_session_timeout=settings.session_timeout,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
-        consumer_auto_offset_reset="earliest",
-        producer_acks=-1,
-        stream_wait_empty=True,
+        **worker_settings(kafka, session_timeout=settings.session_timeout, commit_interval=settings.commit_interval),
     )
     raw_topic = app.topic(
         topics.raw, key_type=bytes, value_type=bytes, key_serializer="raw", value_serializer="raw",
@@ -101,6 +109,7 @@ def create_app(
             app, table, pipeline, topics=topics, settings=settings, metrics=metrics,
             redis_writer=(writer_factory or default_writer)(redis_settings.url),
             bootstrap_servers=kafka.bootstrap_servers,
+            kafka=kafka,
         )
 
     agent = register_agent(app, raw_topic, table, make_processor)

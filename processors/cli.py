@@ -14,21 +14,27 @@ import click
 import orjson
 
 from processors.settings import ProcessorSettings
-from trackdelivery.settings import KafkaSettings, RedisSettings, TopicNames
+from trackdelivery.settings import KafkaSettings, RedisSettings, TopicNames, as_kafka_settings, redact_url
 
 PARTITION_WAIT_SECONDS = 60.0
 
 
-def raw_topic_partitions(bootstrap_servers: str, topic: str, wait: float = PARTITION_WAIT_SECONDS) -> int:
-    """The partition count of ``topic`` as the broker reports it (the state table must match it)."""
+def raw_topic_partitions(
+    bootstrap_servers: str | KafkaSettings, topic: str, wait: float = PARTITION_WAIT_SECONDS
+) -> int:
+    """The partition count of ``topic`` as the broker reports it (the state table must match it).
+
+    ``bootstrap_servers`` is a ``KafkaSettings`` (its TLS/SASL settings apply) or a bare address (PLAINTEXT).
+    """
     from kafka import KafkaConsumer
     from kafka.errors import KafkaError
 
+    kafka = as_kafka_settings(bootstrap_servers)
     deadline = time.monotonic() + wait
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            consumer = KafkaConsumer(bootstrap_servers=bootstrap_servers, client_id="trackdelivery-process-probe")
+            consumer = KafkaConsumer(**kafka.kafka_python_config(), client_id="trackdelivery-process-probe")
         except KafkaError as error:
             last_error = error
             time.sleep(1.0)
@@ -41,7 +47,7 @@ def raw_topic_partitions(bootstrap_servers: str, topic: str, wait: float = PARTI
             return len(partitions)
         time.sleep(1.0)
     detail = f": {last_error}" if last_error else ""
-    raise click.ClickException(f"topic {topic!r} not found on {bootstrap_servers}{detail} (create it first)")
+    raise click.ClickException(f"topic {topic!r} not found on {kafka.bootstrap_servers}{detail} (create it first)")
 
 
 def _overrides(**values: Any) -> dict[str, Any]:
@@ -89,8 +95,17 @@ def process(
         Path(settings.datadir).mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise click.ClickException(f"cannot create the data directory {settings.datadir}: {error}") from error
-    kafka, topics, redis_settings = KafkaSettings(), TopicNames(), RedisSettings()
-    partitions = raw_topic_partitions(kafka.bootstrap_servers, topics.raw)
+    try:
+        kafka, topics, redis_settings = KafkaSettings(), TopicNames(), RedisSettings()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
+    partitions = raw_topic_partitions(kafka, topics.raw)
+    events_partitions = raw_topic_partitions(kafka, topics.events)
+    if events_partitions != partitions:
+        raise click.ClickException(
+            f"{topics.events} has {events_partitions} partitions and {topics.raw} {partitions}: they must be equal "
+            "(each server's events go to the partition numbered like its raw partition)"
+        )
 
     from faust import Worker
 
@@ -133,10 +148,13 @@ def rebuild(
         raise click.UsageError("--from-beginning and --since exclude each other")
     moment = _parse_since(since) if since else None
     settings = ProcessorSettings(**_overrides(default_tz=default_tz))
-    kafka, topics = KafkaSettings(), TopicNames()
+    try:
+        kafka, topics = KafkaSettings(), TopicNames()
+    except ValueError as error:
+        raise click.UsageError(str(error)) from error
     redis_settings = RedisSettings(url=redis_url) if redis_url else RedisSettings()
     stats = asyncio.run(
-        _rebuild(settings, kafka.bootstrap_servers, topics.raw, redis_settings.url, moment, force, not no_progress)
+        _rebuild(settings, kafka, topics.raw, redis_settings.url, moment, force, not no_progress)
     )
     if as_json:
         click.echo(orjson.dumps({"rebuild": stats}).decode())
@@ -151,7 +169,7 @@ def rebuild(
 
 async def _rebuild(
     settings: ProcessorSettings,
-    bootstrap_servers: str,
+    kafka: KafkaSettings,
     raw_topic: str,
     redis_url: str,
     since: datetime.datetime | None,
@@ -167,11 +185,13 @@ async def _rebuild(
     from processors.sinks.redis import RedisWriter
     from trackdelivery.store.types import StoreSettings
 
-    partitions = raw_topic_partitions(bootstrap_servers, raw_topic, wait=10.0)
+    partitions = raw_topic_partitions(kafka, raw_topic, wait=10.0)
     client = redis.asyncio.Redis.from_url(redis_url)
     try:
         if not force and await client.dbsize():
-            raise click.ClickException(f"{redis_url} is not empty: rebuild fills a fresh Redis (or pass --force)")
+            raise click.ClickException(
+                f"{redact_url(redis_url)} is not empty: rebuild fills a fresh Redis (or pass --force)"
+            )
         pipeline = Pipeline(
             {},
             default_tz=zoneinfo.ZoneInfo(settings.default_tz),
@@ -189,7 +209,7 @@ async def _rebuild(
                 bar.update(task, completed=done, total=total)
 
             stats = await run_rebuild(
-                bootstrap_servers=bootstrap_servers, raw_topic=raw_topic, writer=writer, pipeline=pipeline,
+                bootstrap_servers=kafka, raw_topic=raw_topic, writer=writer, pipeline=pipeline,
                 partitions=partitions, since=since, on_progress=on_progress,
             )
         return stats.as_dict()

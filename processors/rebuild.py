@@ -17,6 +17,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from processors.pipeline import Pipeline
+from trackdelivery.settings import KafkaSettings, as_kafka_settings
 
 WRITE_BATCH_EVENTS = 5000
 SWEEP_EVERY_RECORDS = 50_000
@@ -45,7 +46,7 @@ class RebuildStats:
 
 async def rebuild(
     *,
-    bootstrap_servers: str,
+    bootstrap_servers: str | KafkaSettings,
     raw_topic: str,
     writer: Any,
     pipeline: Pipeline,
@@ -53,11 +54,14 @@ async def rebuild(
     since: datetime.datetime | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> RebuildStats:
-    """Replay ``raw_topic`` into ``writer``; ``on_progress(done, total)`` is called as records go by."""
+    """Replay ``raw_topic`` into ``writer``; ``on_progress(done, total)`` is called as records go by.
+
+    ``bootstrap_servers`` is a ``KafkaSettings`` (its TLS/SASL settings apply) or a bare address (PLAINTEXT).
+    """
     stats = RebuildStats()
     started = time.monotonic()
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers,
+        **as_kafka_settings(bootstrap_servers).aiokafka_config(),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",

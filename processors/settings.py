@@ -22,8 +22,8 @@ class ProcessorSettings(BaseSettings):
     datadir: str = Field(default="/var/lib/trackdelivery/processor", description="faust data dir (rocksdb tables)")
     web_port: int | None = Field(default=None, ge=1, le=65535, description="faust web port; None disables it")
     metrics_port: int | None = Field(default=9464, ge=0, le=65535, description="Prometheus port; None disables")
-    metrics_host: str = "127.0.0.1"
-    log_level: LogLevel = "info"
+    metrics_host: str = Field(default="127.0.0.1", description="address of the Prometheus endpoint")
+    log_level: LogLevel = Field(default="info", description="faust worker log level")
     default_tz: str = Field(default="UTC", description="zone of main-log times written without an offset")
     grace_seconds: float = Field(default=3600.0, gt=0, description="finished messages kept this long (log time)")
     stale_seconds: float = Field(default=8 * 86400.0, gt=0, description="unfinished messages dropped after this")

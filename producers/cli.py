@@ -49,15 +49,17 @@ def _prepare(log_level: str) -> None:
 
 def _settings(config_file: Path | None, options: dict[str, Any]) -> ShipperSettings:
     try:
-        return ShipperSettings.load(config_file, **options)
+        settings = ShipperSettings.load(config_file, **options)
+        settings.kafka_settings()  # the KAFKA_* security settings: fail now, not at the first connection
     except ValueError as error:
         raise click.UsageError(str(error)) from error
+    return settings
 
 
 def _create_topic(settings: ShipperSettings) -> None:
     from trackdelivery.topics import create_topics
 
-    create_topics(settings.bootstrap_servers, {settings.topic: settings.partitions}, settings.replication_factor)
+    create_topics(settings.kafka_settings(), {settings.topic: settings.partitions}, settings.replication_factor)
     log.info("topic ready", extra={"topic": settings.topic, "partitions": settings.partitions})
 
 

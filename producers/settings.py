@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from producers.tail import StartPosition
+from trackdelivery.settings import KafkaSettings
 
 _config_file: ContextVar[Path | None] = ContextVar("trackdelivery_shipper_config", default=None)
 
@@ -38,6 +39,7 @@ class ShipperSettings(BaseSettings):
         default="127.0.0.1:9092",
         validation_alias=AliasChoices("bootstrap_servers", "TRACKDELIVERY_BOOTSTRAP_SERVERS",
                                       "KAFKA_BOOTSTRAP_SERVERS"),
+        description="comma-separated host:port list of Kafka brokers (TLS/SASL: the KAFKA_* settings)",
     )
     topic: str = Field(
         default="exim.mainlog.raw",
@@ -46,23 +48,36 @@ class ShipperSettings(BaseSettings):
     )
     partitions: int = Field(default=8, ge=1, description="used by --create-topics")
     replication_factor: int = Field(default=1, ge=1, description="used by --create-topics")
-    checkpoint_dir: Path = Path("/var/lib/trackdelivery/shipper")
-    start_position: StartPosition = StartPosition.END
+    checkpoint_dir: Path = Field(default=Path("/var/lib/trackdelivery/shipper"),
+                                 description="directory of checkpoints.json (offsets acknowledged by Kafka)")
+    start_position: StartPosition = Field(
+        default=StartPosition.END, description="where to start the live file when there is no checkpoint at all"
+    )
     batch_bytes: int = Field(default=1 << 20, ge=4096,
                              description="most bytes of lines read but not yet checkpointed")
     record_bytes: int = Field(default=128 << 10, ge=256, le=512 << 10, description="bytes of lines per Kafka record")
-    linger_ms: int = Field(default=20, ge=0)
+    linger_ms: int = Field(default=20, ge=0, description="milliseconds the producer waits to fill a batch")
     delivery_timeout_ms: int = Field(default=60_000, ge=1000,
                                      description="after this, unacknowledged records are sent again")
-    compression: Compression = "lz4"
-    max_line_bytes: int = Field(default=64 << 10, ge=64)
+    compression: Compression = Field(default="lz4", description="Kafka compression codec")
+    max_line_bytes: int = Field(default=64 << 10, ge=64, description="longer lines are cut and marked truncated")
     rotate_wait: float = Field(default=5.0, ge=0, description="seconds a rotated file stays open once drained")
-    scan_interval: float = Field(default=1.0, gt=0)
-    poll_interval: float = Field(default=0.1, gt=0)
-    include_rotated: bool = True
-    shutdown_timeout: float = Field(default=30.0, ge=0)
-    metrics_port: int | None = Field(default=None, ge=0, le=65535)
-    metrics_host: str = "0.0.0.0"  # noqa: S104 - a scrape endpoint
+    scan_interval: float = Field(default=1.0, gt=0, description="seconds between looks for new and rotated files")
+    poll_interval: float = Field(default=0.1, gt=0, description="seconds between reads when the files are idle")
+    include_rotated: bool = Field(default=True, description="also look at the rotated names (.1, .01, .1.gz, .01.gz)")
+    shutdown_timeout: float = Field(default=30.0, ge=0,
+                                    description="seconds to wait for Kafka's acknowledgements when stopping")
+    heartbeat_topic: str = Field(
+        default="exim.shipper.heartbeats",
+        validation_alias=AliasChoices(
+            "heartbeat_topic", "TRACKDELIVERY_HEARTBEAT_TOPIC", "TRACKDELIVERY_TOPIC_HEARTBEATS"
+        ),
+        description="topic of the liveness heartbeats the alert worker watches",
+    )
+    heartbeat_interval: float = Field(default=30.0, ge=0, description="seconds between heartbeats; 0 disables them")
+    metrics_port: int | None = Field(default=None, ge=0, le=65535,
+                                     description="Prometheus port; unset serves no metrics")
+    metrics_host: str = Field(default="0.0.0.0", description="address of the Prometheus endpoint")  # noqa: S104
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -81,6 +96,11 @@ class ShipperSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, _TomlSource(settings_cls, _config_file.get())
+
+    def kafka_settings(self) -> KafkaSettings:
+        """Kafka connection settings: these brokers and partitioning, TLS/SASL from the ``KAFKA_*`` environment."""
+        return KafkaSettings(bootstrap_servers=self.bootstrap_servers, partitions=self.partitions,
+                             replication_factor=self.replication_factor)
 
     @classmethod
     def load(cls, config_file: Path | None = None, **overrides: Any) -> ShipperSettings:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
+from producers.heartbeat import Heartbeat
 from producers.settings import ShipperSettings
 from producers.tail import Checkpointer, Chunk, TailEngine, Ticket
 from trackdelivery.records import encode_batch
@@ -56,7 +57,7 @@ def make_producer(settings: ShipperSettings, **overrides: Any) -> KafkaProducer:
     """The producer both ``ship`` and ``replay`` use: acks from all replicas, idempotent, compressed."""
     use_compiled_crc32c()
     config: dict[str, Any] = {
-        "bootstrap_servers": settings.bootstrap_servers.split(","),
+        **settings.kafka_settings().kafka_python_config(),  # brokers, TLS and SASL
         "client_id": f"trackdelivery-shipper-{settings.server}",
         "acks": "all",
         "enable_idempotence": True,
@@ -132,6 +133,7 @@ class Shipper:
         self._failures = 0
         self._next_connect = 0.0
         self._next_gauges = 0.0
+        self.heartbeat = Heartbeat(settings.server, settings.heartbeat_topic, settings.heartbeat_interval)
 
     # -- main loop ------------------------------------------------------------------------------------
 
@@ -162,6 +164,8 @@ class Shipper:
         if self._producer is not None:
             self._send_outbox()
         now = time.monotonic()
+        if self._producer is not None and self.heartbeat.due(now):
+            self.heartbeat.send(self._producer, self.engine.bytes_behind() + self._unsaved_bytes, now=now)
         if now >= self._next_gauges:
             self._next_gauges = now + 1.0
             self.metrics.bytes_behind.set(self.engine.bytes_behind() + self._unsaved_bytes)
@@ -180,6 +184,8 @@ class Shipper:
         self._process_acks()
         self._save_checkpoint()
         if self._producer is not None:
+            if self.heartbeat.interval > 0:
+                self.heartbeat.send(self._producer, self.engine.bytes_behind(), stopping=True)
             self._producer.close(timeout=1)
         self.engine.close()
         log.info("shipper stopped", extra={"unacknowledged_records": len(self._outbox) + len(self._inflight)})

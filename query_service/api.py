@@ -14,6 +14,15 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from redis.exceptions import RedisError
 
+from processors.alerts.store import AlertStore
+from query_service.alerts import (
+    DEFAULT_ALERT_LIMIT,
+    MAX_ALERT_LIMIT,
+    AlertsAnswer,
+    AlertSeverity,
+    AlertStateFilter,
+    list_alerts,
+)
 from query_service.auth import Principal, require_principal
 from query_service.filters import (
     DEFAULT_PAGE_LIMIT,
@@ -297,6 +306,33 @@ async def stream(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
     )
+
+
+@router.get(
+    "/alerts",
+    summary="Current alerts of the alert engine (firing, or recently resolved), newest first",
+    response_model=AlertsAnswer,
+)
+async def alerts(
+    request: Request,
+    principal: Authorised,
+    state: Annotated[
+        AlertStateFilter, Query(description="firing (default), resolved (kept a week) or all")
+    ] = AlertStateFilter.FIRING,
+    severity: Annotated[AlertSeverity | None, Query(description="only alerts of this severity")] = None,
+    rule: Annotated[str | None, Query(max_length=MAX_VALUE_LENGTH, description="only alerts of this rule")] = None,
+    server: Annotated[
+        str | None, Query(max_length=MAX_VALUE_LENGTH, description="only alerts whose scope is this server")
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_ALERT_LIMIT, description="at most this many alerts")] = (
+        DEFAULT_ALERT_LIMIT
+    ),
+) -> AlertsAnswer:
+    """Operator tokens see every alert. Account tokens see only alerts about one of their users or sender
+    domains (never server, provider, remote-domain or fleet-wide alerts), and in those only the example
+    deliveries they could see through ``/deliveries``."""
+    store: AlertStore = request.app.state.alerts
+    return await list_alerts(store, principal, state=state, severity=severity, rule=rule, server=server, limit=limit)
 
 
 def reason_hint(name: str) -> str | None:

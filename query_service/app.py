@@ -14,6 +14,7 @@ from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from query_service.alerts import UnreadableAlerts
 from query_service.filters import FilterError
 from query_service.metrics import MetricsMiddleware, RequestMetrics
 from query_service.responses import OrjsonResponse
@@ -54,11 +55,13 @@ def create_app(settings: QueryServiceSettings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from processors.alerts.store import AlertStore
         from query_service.search import DeliverySearch
 
         client = redis_client(settings)
         app.state.redis = client
         app.state.search = DeliverySearch(client, store)
+        app.state.alerts = AlertStore(client, store.prefix)
         app.state.tokens = TokenStore(client, store.prefix + ":")
         try:
             yield
@@ -91,6 +94,10 @@ def create_app(settings: QueryServiceSettings | None = None) -> FastAPI:
         # InvalidQuery / InvalidCursor: the client's fault, said plainly.
         loc = ["query", "cursor"] if isinstance(error, InvalidCursor) else ["query"]
         return OrjsonResponse({"detail": [{"loc": loc, "msg": str(error)[:300], "type": "value_error"}]}, 422)
+
+    @app.exception_handler(UnreadableAlerts)
+    async def unreadable_alerts(_request: Request, _error: UnreadableAlerts) -> Response:
+        return OrjsonResponse({"detail": "the alert store holds an unreadable record"}, status_code=503)
 
     @app.exception_handler(RedisError)
     async def redis_error(_request: Request, _error: RedisError) -> Response:

@@ -18,6 +18,7 @@ import orjson
 
 from query_service.client import ApiClient, ApiError
 from query_service.settings import QueryServiceSettings
+from trackdelivery.settings import redact_url
 
 TYPE_STYLES = {
     "delivered": "green",
@@ -332,7 +333,7 @@ def _run_with_tokens(settings: QueryServiceSettings, action: Callable[[Any], Any
     try:
         return asyncio.run(run())
     except OSError as error:
-        raise click.ClickException(f"cannot reach Redis at {settings.redis_url}: {error}") from None
+        raise click.ClickException(f"cannot reach Redis at {redact_url(settings.redis_url)}: {error}") from None
 
 
 @tokens.command("create")

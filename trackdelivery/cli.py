@@ -10,6 +10,7 @@ import click
 
 # name -> "module:attribute" of a click command or group
 SUBCOMMANDS: dict[str, str] = {
+    "alerts": "processors.alerts.cli:alerts",
     "dev": "trackdelivery.devenv.cli:dev",
     "generate": "trackdelivery.generator.cli:generate",
     "parse": "processors.exim.cli:parse",
@@ -22,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "show": "query_service.cli:show",
     "tail": "query_service.cli:tail",
     "tokens": "query_service.cli:tokens",
+    "topics": "trackdelivery.topics:topics",
 }
 
 

@@ -2,7 +2,7 @@
 
 Starts the local Kafka and Redis, writes a generated fleet of Exim logs that keeps growing (or uses a
 real log given with ``--log``), runs one shipper per server, a stream-processor worker and the query
-service, creates an operator and an account token, prints where to look, and stops every process it
+service and the alert worker, creates an operator and an account token, prints where to look, and stops every process it
 started on Ctrl-C.
 """
 
@@ -85,6 +85,10 @@ def first_cpanel_user(truth: Path) -> str | None:
     return None
 
 
+def _interrupt(_signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -104,6 +108,7 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 @click.option("--port", default=8080, show_default=True, help="Port of the query service (0: any free).")
 def main(log_path: Path | None, server: str, servers: int, messages: int, rate: int, port: int) -> None:
     """Run Kafka, Redis, shippers, a processor and the query service on this machine."""
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
     state_dir = default_state_dir()
     demo_dir = state_dir / "demo"
     (demo_dir / "logs").mkdir(parents=True, exist_ok=True)
@@ -127,6 +132,7 @@ def main(log_path: Path | None, server: str, servers: int, messages: int, rate: 
             children.start("generate", [
                 "generate", "--servers", str(servers), "--messages", str(messages), "--out", str(fleet),
                 "--start", start.isoformat(), "--days", "2", "--follow", "--rate", str(rate), "--no-progress",
+                "--incidents", "all",
             ])
             wait_until(lambda: (fleet / "manifest.json").exists() or children.check(), 600, "the generator")
             shipped = sorted((p.parent.name, p) for p in fleet.glob("*/exim_mainlog"))
@@ -138,6 +144,9 @@ def main(log_path: Path | None, server: str, servers: int, messages: int, rate: 
             ])
         children.start("process", [
             "process", "--metrics-port", str(free_port()), "--datadir", str(demo_dir / "processor"),
+        ])
+        children.start("alerts", [
+            "alerts", "--metrics-port", str(free_port()), "--datadir", str(demo_dir / "alerts"),
         ])
         children.start("serve", ["serve", "--port", str(port)])
         wait_until(lambda: port_open("127.0.0.1", port) or children.check(), 120, "the query service")
@@ -168,7 +177,7 @@ def main(log_path: Path | None, server: str, servers: int, messages: int, rate: 
     finally:
         children.stop()
         services.down()
-        click.echo("stopped: generator, shippers, processor, query service, Kafka, Redis")
+        click.echo("stopped: generator, shippers, processor, alert worker, query service, Kafka, Redis")
 
 
 if __name__ == "__main__":

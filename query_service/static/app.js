@@ -55,10 +55,16 @@
   ];
 
   const PAGE_SIZE = 500;
+  const SEVERITIES = ["critical", "warning", "info"];
+  const SCOPE_LABEL = {
+    fleet: "fleet", server: "server", provider: "provider", sender_domain: "sender domain", user: "user",
+    remote_domain: "remote domain",
+  };
+  const ALERTS_REFRESH_MS = 30000;
   const $ = (id) => document.getElementById(id);
   const state = {
     token: null, events: [], seen: new Set(), cursor: null, lastParams: null, live: null, paged: false, overflowed: false,
-    columns: loadColumns(), selected: null,
+    columns: loadColumns(), selected: null, alertsOpen: new Set(), alertsSeq: 0,
   };
 
   // ---- small DOM helpers (text only) ----
@@ -132,10 +138,14 @@
     }
     state.token = sessionStorage.getItem("trackdelivery.token");
   }
-  function askToken() { $("token-input").value = ""; $("token-dialog").showModal(); }
+  function askToken() {
+    if ($("token-dialog").open) return;
+    $("token-input").value = "";
+    $("token-dialog").showModal();
+  }
 
   // ---- API ----
-  async function api(path, params) {
+  async function api(path, params, opts) {
     if (!state.token) { askToken(); throw new Error("no token"); }
     const url = params ? `${path}?${params}` : path;
     const resp = await fetch(url, { headers: { Authorization: `Bearer ${state.token}`, Accept: "application/json" } });
@@ -143,6 +153,7 @@
     if (resp.status === 404) return null;
     const body = await resp.json().catch(() => null);
     if (!resp.ok) {
+      if (opts && opts.quiet) throw new Error(String(resp.status));
       const detail = body && body.detail;
       const msg = Array.isArray(detail) ? detail.map((d) => `${(d.loc || []).slice(-1)[0]}: ${d.msg}`).join("; ") : (detail || resp.statusText);
       showBanner(`Request failed (${resp.status}): ${msg}`, true);
@@ -515,6 +526,102 @@
     if (e.hint) body.appendChild(el("div", { class: "hint reason-hint bad" }, el("strong", { text: "Fix: " }), e.hint));
   }
 
+  // ---- alerts panel (records of the alert engine; every string in them is attacker-controlled) ----
+  async function loadAlerts() {
+    if (!state.token) return;
+    const seq = ++state.alertsSeq; // only the newest request renders (refresh timer vs. toggle)
+    const withResolved = $("alerts-resolved").checked;
+    const p = new URLSearchParams({ state: withResolved ? "all" : "firing", limit: "100" });
+    let answer;
+    try {
+      answer = await api("/api/v1/alerts", p, { quiet: true });
+    } catch (err) {
+      if (seq === state.alertsSeq) $("alerts-status").textContent = `could not load alerts (${err.message})`;
+      return;
+    }
+    if (seq !== state.alertsSeq) return;
+    renderAlerts(answer || { alerts: [], total: 0 }, withResolved);
+    $("alerts-status").textContent = `updated ${fmtShort(Date.now() / 1000)}`;
+  }
+  function renderAlerts(answer, withResolved) {
+    const list = $("alerts-list");
+    clear(list);
+    const alerts = Array.isArray(answer.alerts) ? answer.alerts : [];
+    const firing = alerts.filter((a) => a.state === "firing").length;
+    $("alerts-count").textContent = firing ? `(${firing} firing)` : "";
+    $("alerts").classList.toggle("has-firing", firing > 0);
+    if (!alerts.length) {
+      list.appendChild(el("li", { class: "muted empty", text: withResolved ? "No alerts" : "No active alerts" }));
+      return;
+    }
+    for (const a of alerts) list.appendChild(alertItem(a));
+    if (answer.total > alerts.length) {
+      list.appendChild(el("li", { class: "muted empty", text: `${answer.total - alerts.length} more not shown` }));
+    }
+  }
+  function severityBadge(severity) {
+    const known = SEVERITIES.includes(severity) ? severity : "unknown";
+    return el("span", { class: `badge sev-${known}` }, String(severity ?? "?"));
+  }
+  function scopeText(scope) {
+    if (!scope || typeof scope !== "object") return "";
+    return Object.entries(scope).map(([k, v]) => `${SCOPE_LABEL[k] || k} ${v}`).join(" · ");
+  }
+  function countText(a) {
+    const n = Number(a.count);
+    if (!Number.isFinite(n)) return "";
+    if (Number.isInteger(n)) return `${n.toLocaleString()}×`;
+    return n <= 1 ? `${Math.round(n * 100)}%` : n.toFixed(1);
+  }
+  function alertItem(a) {
+    const resolved = a.state !== "firing";
+    const item = el("li", { class: `alert${resolved ? " resolved" : ""}`, "data-alert": a.id });
+    const details = el("details");
+    details.open = state.alertsOpen.has(a.id);
+    details.addEventListener("toggle", () => {
+      if (details.open) state.alertsOpen.add(a.id); else state.alertsOpen.delete(a.id);
+    });
+    const since = Number(a.first_seen);
+    const age = Number.isFinite(since) ? duration(Math.max(0, Date.now() / 1000 - since)) : "";
+    const summary = el("summary", null,
+      severityBadge(a.severity),
+      resolved ? el("span", { class: "badge outline state-resolved", text: "resolved" }) : null,
+      el("code", { class: "alert-rule", text: a.rule }),
+      el("span", { class: "alert-scope", text: scopeText(a.scope) }),
+      el("span", { class: "alert-summary", text: a.summary }),
+      el("span", { class: "alert-since muted", title: `first seen ${fmtTime(a.first_seen)} · last seen ${fmtTime(a.last_seen)}`,
+        text: resolved && a.resolved_at ? `resolved ${fmtShort(a.resolved_at)}` : (age ? `for ${age}` : "") }),
+      el("span", { class: "alert-count muted", title: "count", text: countText(a) }));
+    details.appendChild(summary);
+    const body = el("div", { class: "alert-body" });
+    if (a.hint) body.appendChild(el("div", { class: "hint" }, el("strong", { text: "What to check: " }), String(a.hint)));
+    body.appendChild(kv([["First seen", fmtTime(a.first_seen)], ["Last seen", fmtTime(a.last_seen)],
+      ["Resolved", a.resolved_at ? fmtTime(a.resolved_at) : null], ["Kind", a.kind]]));
+    const examples = Array.isArray(a.examples) ? a.examples : [];
+    if (examples.length) {
+      body.appendChild(el("h3", { text: `Examples (${examples.length})` }));
+      const ul = el("ul", { class: "alert-examples" });
+      for (const x of examples) ul.appendChild(alertExample(x));
+      body.appendChild(ul);
+    }
+    details.appendChild(body);
+    item.appendChild(details);
+    return item;
+  }
+  function alertExample(x) {
+    const li = el("li", { class: "alert-example" },
+      el("span", { class: "when", text: fmtTime(x.time) }),
+      x.type ? badge(x.type) : null,
+      el("span", { class: "mono", text: ` ${x.sender === "" ? "<>" : (x.sender || "")} → ${x.recipient || ""}` }),
+      x.server ? el("span", { class: "muted", text: ` on ${x.server}` }) : null);
+    if (x.msgid && x.server) {
+      li.appendChild(el("button", { type: "button", class: "link open-message", text: `open ${x.msgid}`,
+        onclick: () => { openMessage(String(x.server), String(x.msgid), x.recipient); $("detail").scrollIntoView({ block: "nearest" }); } }));
+    }
+    if (x.response) li.appendChild(el("span", { class: "resp", text: x.response }));
+    return li;
+  }
+
   // ---- live mode (SSE over fetch, so the token travels in a header) ----
   async function startLive() {
     stopLive();
@@ -591,10 +698,13 @@
     $("token-button").addEventListener("click", askToken);
     $("token-form").addEventListener("submit", () => {
       const v = $("token-input").value.trim();
-      if (v) { sessionStorage.setItem("trackdelivery.token", v); state.token = v; search(false); }
+      if (v) { sessionStorage.setItem("trackdelivery.token", v); state.token = v; search(false); loadAlerts(); }
     });
     $("token-forget").addEventListener("click", () => { sessionStorage.removeItem("trackdelivery.token"); state.token = null; stopLive(); $("token-dialog").close(); });
     $("live").addEventListener("change", () => { if ($("live").checked) startLive(); else stopLive(); });
+    $("alerts-resolved").addEventListener("change", loadAlerts);
+    setInterval(() => { if (!document.hidden) loadAlerts(); }, ALERTS_REFRESH_MS);
+    document.addEventListener("visibilitychange", () => { if (!document.hidden) loadAlerts(); });
   }
 
   readToken();
@@ -602,5 +712,5 @@
   renderColumnChooser();
   wire();
   renderTable();
-  if (state.token) search(false); else askToken();
+  if (state.token) { search(false); loadAlerts(); } else askToken();
 })();

@@ -102,6 +102,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """One `trackdelivery process` subprocess with its own log file and metrics port."""
 
+    COMMAND = "process"
+
     def __init__(self, env: dict[str, str], log_path: Path, metrics_port: int) -> None:
         self.env = env
         self.log_path = log_path
@@ -112,7 +114,7 @@ class WorkerProcess:
         log = self.log_path.open("ab")
         try:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "trackdelivery", "process", "--metrics-port", str(self.metrics_port),
+                [sys.executable, "-m", "trackdelivery", self.COMMAND, "--metrics-port", str(self.metrics_port),
                  "--log-level", "info"],
                 cwd=REPO_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
             )

@@ -11,8 +11,10 @@ from redis.asyncio import Redis
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
+from processors.alerts.types import AlertState, RuleKind, Severity
 from query_service.app import create_app
 from query_service.tokens import TokenStore
+from tests.query_service.alert_data import alert, example, put_alerts
 from tests.query_service.conftest import FilledStore
 
 
@@ -25,8 +27,31 @@ async def _operator_token(store: FilledStore) -> str:
     return token
 
 
+def _alerts(now: float) -> list[dict[str, object]]:
+    """A few alerts, so /alerts answers records (firing and resolved) rather than an empty list."""
+    return [
+        alert(
+            rule="provider_throttling",
+            kind=RuleKind.PROVIDER_BLOCK,
+            severity=Severity.CRITICAL,
+            scope={"server": "srv005.example-hosting.net", "provider": "gmail"},
+            last_seen=now - 60,
+            examples=[example(time=now - 70)],
+        ),
+        alert(
+            rule="outbound_spam",
+            kind=RuleKind.OUTBOUND_SPAM,
+            scope={"server": "cp1.example-hosting.net", "user": "x"},
+            state=AlertState.RESOLVED,
+            last_seen=now - 600,
+            count=0.5,
+        ),
+    ]
+
+
 @pytest.fixture(scope="module")
 def fuzz_target(filled_store: FilledStore) -> tuple[object, str]:
+    asyncio.run(put_alerts(filled_store.redis_url, filled_store.prefix, _alerts(filled_store.now)))
     app = create_app(filled_store.settings(stream_poll_seconds=0.05, stream_max_seconds=0.1))
     return app, asyncio.run(_operator_token(filled_store))
 

@@ -1,4 +1,5 @@
-"""The web page in a real headless Chromium: search, open a bounced message, and XSS payloads stay text."""
+"""The web page in a real headless Chromium: search, open a bounced message, the alerts panel, and XSS payloads
+stay text."""
 
 from __future__ import annotations
 
@@ -13,9 +14,11 @@ import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 from redis.asyncio import Redis
 
+from processors.alerts.types import AlertState, RuleKind, Severity
 from processors.sinks.redis import RedisWriter
 from query_service.app import create_app
 from query_service.tokens import TokenStore
+from tests.query_service.alert_data import alert, clear_alerts, example, put_alerts
 from tests.query_service.conftest import FilledStore, serve_in_thread
 from trackdelivery.events import DeliveryEvent, EventType, Reason, RetryState
 from trackdelivery.generator.ids import new_format_id
@@ -249,3 +252,117 @@ def test_live_mode_shows_new_events_as_they_land(
     assert page.evaluate("typeof window.__xss") == "undefined"
     page.uncheck("#live")
     expect(page.locator("#live-status")).to_have_text("")
+
+
+def hostile_alerts(now: float) -> list[dict[str, object]]:
+    """A firing alert with payloads in its scope, summary, hint and example (the example is the hostile bounce,
+    so it opens that message), and a resolved alert."""
+    events, _ = hostile_message(now)
+    bounced = events[-1]
+    firing = alert(
+        rule="provider_throttling",
+        kind=RuleKind.PROVIDER_BLOCK,
+        severity=Severity.CRITICAL,
+        scope={"server": bounced.server, "user": IMG_PAYLOAD},
+        last_seen=now - 60,
+        count=39,
+        summary=f"39 of 192 deliveries (20%) refused {SCRIPT_PAYLOAD} in 1 h",
+        hint=f"Find what this server sent to {IMG_PAYLOAD} in the last hour.",
+        examples=[
+            example(
+                time=bounced.time,
+                server=bounced.server,
+                msgid=bounced.msgid,
+                sender=bounced.sender,
+                recipient=VICTIM,
+                cpanel_user="acct00",
+                type="bounced",
+                reason="recipient_unknown",
+                response=bounced.response,
+            )
+        ],
+    )
+    resolved = alert(
+        rule="frozen_messages",
+        kind=RuleKind.FROZEN,
+        state=AlertState.RESOLVED,
+        scope={"server": bounced.server},
+        last_seen=now - 3600,
+        summary="12 messages frozen in the queue",
+    )
+    return [firing, resolved]
+
+
+def test_the_alerts_panel_shows_firing_alerts_and_payloads_stay_inert(
+    page: Page, served: tuple[str, str], filled_store: FilledStore, tmp_path: Path
+) -> None:
+    base_url, token = served
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    console_errors: list[str] = []
+    page.on("pageerror", lambda error: console_errors.append(str(error)))
+
+    def run(coroutine: object) -> None:
+        with ThreadPoolExecutor(1) as pool:  # Playwright's sync API owns this thread's event loop
+            pool.submit(asyncio.run, coroutine).result()  # type: ignore[arg-type]
+
+    run(clear_alerts(filled_store.redis_url, filled_store.prefix))
+    try:
+        page.clock.install()  # the panel refreshes every 30 s: the test moves the page's clock instead of waiting
+        page.goto(f"{base_url}/#token={token}")
+        alerts = page.locator("#alerts-list")
+        expect(alerts.locator("li.empty")).to_have_text("No active alerts")
+
+        records = hostile_alerts(filled_store.now)
+        firing = records[0]
+        run(put_alerts(filled_store.redis_url, filled_store.prefix, records))
+        page.clock.fast_forward(31_000)
+        item = alerts.locator("li.alert")
+        expect(item).to_have_count(1)
+        expect(item).to_have_attribute("data-alert", str(firing["id"]))
+        expect(page.locator("#alerts-count")).to_have_text("(1 firing)")
+        expect(item.locator(".badge.sev-critical")).to_have_text("critical")
+        expect(item.locator(".alert-rule")).to_have_text("provider_throttling")
+        expect(item.locator(".alert-summary")).to_have_text(str(firing["summary"]))  # the payload, as text
+        expect(item.locator(".alert-scope")).to_have_text(f"server cp0.example-hosting.net · user {IMG_PAYLOAD}")
+        expect(item.locator(".alert-count")).to_have_text("39×")
+        expect(item.locator(".alert-since")).to_contain_text("for ")
+
+        hint = item.locator(".hint")
+        expect(hint).to_be_hidden()
+        item.locator("summary").click()
+        expect(hint).to_be_visible()
+        expect(hint).to_contain_text(str(firing["hint"]))
+        sample = item.locator(".alert-example")
+        expect(sample).to_have_count(1)
+        expect(sample.locator(".resp")).to_contain_text(IMG_PAYLOAD)
+        expect(sample).to_contain_text(VICTIM)
+
+        page.clock.fast_forward(31_000)  # a refresh keeps the open alert open
+        expect(page.locator("#alerts-status")).to_contain_text("updated")
+        expect(hint).to_be_visible()
+
+        example_record = firing["examples"][0]  # type: ignore[index]
+        sample.locator("button.open-message").click()
+        detail = page.locator("#detail")
+        expect(detail).to_be_visible()
+        expect(page.locator("#detail-title")).to_have_text(f"{example_record['msgid']} on {example_record['server']}")
+        expect(detail.locator(".recipient").first).to_contain_text(VICTIM)
+        expect(detail.locator(".recipient .hint").first).to_contain_text(HINT)
+
+        page.check("#alerts-resolved")
+        expect(alerts.locator("li.alert")).to_have_count(2)
+        resolved = alerts.locator("li.alert.resolved")
+        expect(resolved).to_have_count(1)
+        expect(resolved.locator(".alert-summary")).to_have_text("12 messages frozen in the queue")
+        expect(resolved.locator(".state-resolved")).to_have_text("resolved")
+        page.uncheck("#alerts-resolved")
+        expect(alerts.locator("li.alert")).to_have_count(1)
+        page.screenshot(path=str(tmp_path / "alerts.png"), full_page=False)
+
+        assert page.evaluate("typeof window.__xss") == "undefined"
+        assert page.evaluate("document.querySelectorAll('img, script:not([src])').length") == 0
+        assert dialogs == []
+        assert console_errors == []
+    finally:
+        run(clear_alerts(filled_store.redis_url, filled_store.prefix))

@@ -35,6 +35,16 @@ class ServiceState:
     address: str
 
 
+def existing_partitions(bootstrap: str, topic: str) -> int | None:
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="trackdelivery-dev")
+    try:
+        return len(consumer.partitions_for_topic(topic) or ()) or None
+    finally:
+        consumer.close()
+
+
 class DevServices:
     def __init__(self, state_dir: Path | None = None) -> None:
         self.state_dir = state_dir or default_state_dir()
@@ -79,8 +89,11 @@ class DevServices:
             redis_server.pid = None
             redis_server.start(detach=True)
         self._save(kafka, redis_server)
+        names = TopicNames()
+        # topics added by a newer version join an existing raw topic's partition count (they are co-partitioned)
+        partitions = existing_partitions(kafka.bootstrap, names.raw) or partitions
         settings = KafkaSettings(bootstrap_servers=kafka.bootstrap, partitions=partitions)
-        create_topics(kafka.bootstrap, topic_partitions(settings, TopicNames()))
+        create_topics(kafka.bootstrap, topic_partitions(settings, names))
         return kafka, redis_server
 
     def status(self) -> list[ServiceState]:

@@ -11,9 +11,24 @@ from types import FrameType
 
 import click
 
-from trackdelivery.generator.runner import DEFAULT_START, FleetRun, GenerateConfig
+from trackdelivery.generator.runner import DEFAULT_INCIDENTS, DEFAULT_START, INCIDENTS, FleetRun, GenerateConfig
 
 PROGRESS_THRESHOLD = 20_000  # messages; below this a run takes about a second
+
+
+def _parse_incidents(_ctx: click.Context, _param: click.Parameter, value: str | None) -> tuple[str, ...]:
+    if value is None:
+        return DEFAULT_INCIDENTS
+    if value.strip() in ("none", ""):
+        return ()
+    if value.strip() == "all":
+        return INCIDENTS
+    names = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
+    unknown = [name for name in names if name not in INCIDENTS]
+    if unknown:
+        raise click.BadParameter(f"unknown incident(s) {', '.join(unknown)}; choose from {', '.join(INCIDENTS)}, "
+                                 "all or none")
+    return names
 
 
 def _parse_start(value: str) -> datetime:
@@ -58,6 +73,12 @@ def _parse_start(value: str) -> datetime:
     show_default=True,
     help="4.96 servers use 16-char ids; 4.99 servers use ' : ' on ** lines.",
 )
+@click.option(
+    "--incidents",
+    callback=_parse_incidents,
+    help=f"Comma-separated incidents to inject ({', '.join(INCIDENTS)}), 'all' or 'none' "
+    f"[default: {','.join(DEFAULT_INCIDENTS)}].",
+)
 @click.option("--progress/--no-progress", default=None, help="Progress bar (default: on a terminal, large runs).")
 def generate(
     servers: int,
@@ -69,6 +90,7 @@ def generate(
     follow: bool,
     rate: float,
     exim_version: str,
+    incidents: tuple[str, ...],
     progress: bool | None,
 ) -> None:
     """Write deterministic cPanel/Exim main logs for a fleet, with truth.jsonl and manifest.json.
@@ -85,6 +107,7 @@ def generate(
         start=_parse_start(start),
         days=days,
         exim_version=exim_version,
+        incidents=incidents,
     )
     show = progress if progress is not None else (sys.stderr.isatty() and messages >= PROGRESS_THRESHOLD)
     run = FleetRun(config)

@@ -30,6 +30,15 @@ TRAFFIC_MIX = (("inbound", 0.48), ("auth", 0.36), ("local", 0.16))
 REJECTIONS_PER_MESSAGE = 0.1
 
 
+#: Incidents a run can inject (``GenerateConfig.incidents``).
+INCIDENTS = ("gmail_storm", "compromised", "provider_blocks", "frozen_queue")
+#: The default run: every incident but the frozen queue (kept as before for existing answer keys).
+DEFAULT_INCIDENTS = ("gmail_storm", "compromised", "provider_blocks")
+#: A frozen queue holds about this share of a server's arrivals during its window.
+FROZEN_QUEUE_SHARE = 0.9
+FROZEN_QUEUE_SECONDS = 2 * 3600
+
+
 @dataclass(slots=True)
 class GenerateConfig:
     servers: int
@@ -39,6 +48,7 @@ class GenerateConfig:
     start: datetime = field(default_factory=lambda: datetime.fromisoformat(DEFAULT_START).replace(tzinfo=UTC))
     days: float = 7.0
     exim_version: str = "mixed"
+    incidents: tuple[str, ...] = DEFAULT_INCIDENTS
 
     @property
     def start_epoch(self) -> int:
@@ -59,6 +69,8 @@ class ServerPlan:
     compromised: int = 0
     compromised_start: int = 0
     incidents: list[Incident] = field(default_factory=list)
+    frozen_start: int = 0
+    frozen_end: int = 0
 
 
 class DiurnalClock:
@@ -134,21 +146,32 @@ def plan_fleet(config: GenerateConfig, rng: random.Random) -> list[ServerPlan]:
     def when(low: float, high: float) -> int:
         return start + int(span * rng.uniform(low, high))
 
+    # The draws happen whether an incident is wanted or not, so a run's traffic does not depend on it.
+    wanted = set(config.incidents)
     throttled = plans[rng.randrange(n)]
     t0 = when(0.3, 0.45)
-    throttled.incidents.append(Incident(t0, t0 + 3600, "gmail", BY_KEY["gmail_rate_limited"]))
-    throttled.newsletter = min(max(3, throttled.messages * 2 // 100), 120, throttled.messages // 4)
-    throttled.newsletter_start = t0 - 300
+    if "gmail_storm" in wanted:
+        throttled.incidents.append(Incident(t0, t0 + 3600, "gmail", BY_KEY["gmail_rate_limited"]))
+        throttled.newsletter = min(max(3, throttled.messages * 2 // 100), 120, throttled.messages // 4)
+        throttled.newsletter_start = t0 - 300
     compromised = plans[rng.randrange(n)]
-    compromised.compromised = min(max(20, compromised.messages * 15 // 100), 600, compromised.messages // 2)
-    compromised.compromised_start = when(0.55, 0.7)
+    compromised_start = when(0.55, 0.7)
+    if "compromised" in wanted:
+        compromised.compromised = min(max(20, compromised.messages * 15 // 100), 600, compromised.messages // 2)
+        compromised.compromised_start = compromised_start
     for provider, key, hours in (
         ("microsoft", "microsoft_s3150", 3),
         ("other", "remote_spamhaus", 2),
         ("yahoo", "yahoo_tss04", 2),
     ):
         t = when(0.05, 0.9)
-        plans[rng.randrange(n)].incidents.append(Incident(t, t + hours * 3600, provider, BY_KEY[key]))
+        target = plans[rng.randrange(n)]
+        if "provider_blocks" in wanted:
+            target.incidents.append(Incident(t, t + hours * 3600, provider, BY_KEY[key]))
+    if "frozen_queue" in wanted:
+        frozen = plans[rng.randrange(n)]
+        frozen.frozen_start = when(0.2, 0.75)
+        frozen.frozen_end = frozen.frozen_start + FROZEN_QUEUE_SECONDS
     for plan in plans:
         plan.incidents.sort(key=lambda incident: incident.start)
     return plans
@@ -206,14 +229,16 @@ class FleetRun:
         self._truth_stream = open(self.out / "truth.jsonl", "wb")  # noqa: SIM115 - kept open for follow
         self.truth = TruthWriter(self._truth_stream)
         servers_info = []
+        archiving: list[dict[str, Any]] = []
         for plan in self.plans:
             sim_rng = FastRandom(f"trackdelivery-generator:{config.seed}:{plan.index}")
             arrival_rng = FastRandom(f"trackdelivery-generator:{config.seed}:{plan.index}:arrivals")
+            side_rng = FastRandom(f"trackdelivery-generator:{config.seed}:{plan.index}:side")
             server = build_server(plan.index, sim_rng, self.versions[plan.index], self._taken_domains)
             log_dir = self.out / server.name
             log_dir.mkdir(exist_ok=True)
             with open(log_dir / "exim_mainlog", "w", encoding="utf-8", newline="") as log:
-                sim = ServerSim(server, self.world, sim_rng, log, self.truth, plan.incidents, {})
+                sim = ServerSim(server, self.world, sim_rng, log, self.truth, plan.incidents, {}, side_rng)
                 streams = [
                     _spread(plan.messages - plan.newsletter - plan.compromised, clock, arrival_rng, None),
                     _spread(int(plan.messages * REJECTIONS_PER_MESSAGE), clock, arrival_rng, "reject"),
@@ -228,6 +253,8 @@ class FleetRun:
                     sim.send_limits[box.domain] = max(20, plan.compromised)
                     compromised_address = box.address
                     streams.append(_burst(plan.compromised, plan.compromised_start, 4500, arrival_rng, "compromised"))
+                if plan.frozen_end:
+                    sim.frozen_window = (plan.frozen_start, plan.frozen_end, FROZEN_QUEUE_SHARE)
                 sim.start_queue_runs(start + sim_rng.randint(0, 3599))
                 sim.tail_start = end - 1800
                 done = 0
@@ -263,14 +290,24 @@ class FleetRun:
                     "compromised_address": compromised_address,
                 }
             )
+            archiving.extend(
+                {
+                    "server": server.name,
+                    "account": account.cpanel_user,
+                    "domains": list(account.domains),
+                    "incoming": incoming,
+                    "outgoing": outgoing,
+                }
+                for account, incoming, outgoing in sim.archiving
+            )
             if keep:
                 self.sims.append(sim)
         self.truth.flush()
-        self.manifest = self._manifest(servers_info)
+        self.manifest = self._manifest(servers_info, archiving)
         self._write_manifest()
         return self.manifest
 
-    def _manifest(self, servers_info: list[dict[str, Any]]) -> dict[str, Any]:
+    def _manifest(self, servers_info: list[dict[str, Any]], archiving: list[dict[str, Any]]) -> dict[str, Any]:
         config = self.config
         assert self.truth is not None
         return {
@@ -287,7 +324,7 @@ class FleetRun:
             "final_states": dict(sorted(self.truth.finals.items())),
             "incidents": [
                 {
-                    "server": f"srv{plan.index + 1:03d}",
+                    "server": servers_info[plan.index]["name"],
                     "provider": i.provider,
                     "response": i.response.key,
                     "start": datetime.fromtimestamp(i.start, UTC).isoformat(),
@@ -306,6 +343,16 @@ class FleetRun:
                 for plan, info in zip(self.plans, servers_info, strict=True)
                 if plan.compromised
             ],
+            "frozen_queue": [
+                {
+                    "server": info["name"],
+                    "start": datetime.fromtimestamp(plan.frozen_start, UTC).isoformat(),
+                    "end": datetime.fromtimestamp(plan.frozen_end, UTC).isoformat(),
+                }
+                for plan, info in zip(self.plans, servers_info, strict=True)
+                if plan.frozen_end
+            ],
+            "incidents_enabled": list(config.incidents),
             "newsletter": [
                 {
                     "server": info["name"],
@@ -315,6 +362,7 @@ class FleetRun:
                 for plan, info in zip(self.plans, servers_info, strict=True)
                 if plan.newsletter
             ],
+            "archiving": archiving,
             "truth_semantics": "last row per (server, msgid, recipient) wins; rejections have msgid null; "
             "final_states counts rows as written",
         }

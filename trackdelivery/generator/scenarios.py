@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from trackdelivery.events import EventType, Reason
 from trackdelivery.generator import content
+from trackdelivery.generator.fastrandom import FastRandom
 from trackdelivery.generator.fleet import Account, Mailbox, RemoteDomain, Server, World, site_sender
 from trackdelivery.generator.ids import MessageIdFactory, new_format_id, old_format_id
 from trackdelivery.generator.responses import BY_KEY, Response
@@ -61,6 +62,7 @@ CONNECTION = "connection"
 QUEUE_RUN = "queue_run"
 ARGUMENTS = "arguments"
 MESSAGE_INFO = "message_info"
+CANCELLED = "cancelled"
 
 # Recipient fates, drawn when the message arrives.
 OK, BOUNCE, DEFER_THEN_OK, DEFER_FOREVER, EXPIRE_NOW = range(5)
@@ -76,6 +78,23 @@ _PHASE_AFTER = {
     "data": "DATA",
     "connect": "initial connection",
 }
+
+# cPanel email archiving (WHM/cPanel "Archive"): an ``unseen`` router per direction hands every message to an
+# appendfile transport that files it under ~/mail/archive/<domain>/.<direction>.<date>/; the transport names
+# are the ones cPanel's Cpanel::Email::Message::Retrieve knows. Like every unseen-router copy (Exim test
+# suite 0225/0252), the copy is logged as ``local_part <address>``, and the copy made through a local
+# transport is logged after the address's own local delivery but before its remote one (Exim does local
+# deliveries first).
+ARCHIVE_IN_ROUTE = "R=archiver_incoming_domain_method T=archiver_incoming_domain_method"
+ARCHIVE_OUT_ROUTE = "R=archiver_outgoing T=archiver_outgoing"
+#: share of accounts with archiving on (each of its domains, one or both directions)
+ARCHIVE_ACCOUNT_SHARE = 0.05
+# An administrator removes (exim -Mrm) some messages from the queue: this share of the messages frozen as
+# spam by the system filter, of the frozen bounces, and of the messages still deferred a day after arrival.
+REMOVE_FROZEN_SPAM_SHARE = 0.4
+REMOVE_FROZEN_BOUNCE_SHARE = 0.3
+REMOVE_LONG_DEFERRED_SHARE = 0.2
+REMOVE_AFTER_DEFERRED = 86400
 
 _R = BY_KEY
 _FILTER_TARGET_TYPES = {"devnull": EventType.FILTERED, "blackhole": EventType.FILTERED}
@@ -144,6 +163,7 @@ class Recipient:
 
 class Message:
     __slots__ = (
+        "archive_out",
         "arrival",
         "cpanel_user",
         "delay_warned",
@@ -153,6 +173,8 @@ class Message:
         "parent",
         "pid",
         "rcpts",
+        "removal_drawn",
+        "removed",
         "sender",
         "sender_domain",
         "size",
@@ -173,6 +195,9 @@ class Message:
         self.frozen = False
         self.delay_warned = False
         self.spammy = False
+        self.archive_out = False  # its sender's domain archives outgoing mail and it has had no delivery run yet
+        self.removed = False  # removed from the queue by an administrator
+        self.removal_drawn = False
 
 
 class ServerSim:
@@ -187,6 +212,7 @@ class ServerSim:
         truth: TruthWriter,
         incidents: list[Incident],
         send_limits: dict[str, int],
+        side_rng: random.Random | None = None,
     ) -> None:
         self.server = server
         self.world = world
@@ -220,8 +246,26 @@ class ServerSim:
         self._ip = server.ip
         self._sep = " : " if server.spaced_separator else ": "
         self._long = server.long_selector
+        #: (start, end, share): arrivals in the window are frozen by the system filter with that probability
+        self.frozen_window: tuple[int, int, float] | None = None
         self.tail_start = 1 << 62  # arrivals after this are often queued, so the log ends with some in progress
         self._dmarc_broken = {d for account in server.accounts if account.dmarc_broken for d in account.domains}
+        # Archiving and administrators draw from an rng of their own, so the rest of the traffic is the same
+        # line for line whether they are there or not.
+        self.side_rng = side_rng if side_rng is not None else FastRandom(f"{server.name}:side")
+        self.archive_in: set[str] = set()
+        self.archive_out: set[str] = set()
+        #: (account, incoming, outgoing) of the accounts with archiving on
+        self.archiving: list[tuple[Account, bool, bool]] = []
+        for account in server.accounts:
+            if self.side_rng.random() < ARCHIVE_ACCOUNT_SHARE:
+                roll = self.side_rng.random()
+                incoming, outgoing = roll < 0.8, roll >= 0.3
+                self.archiving.append((account, incoming, outgoing))
+                if incoming:
+                    self.archive_in.update(account.domains)
+                if outgoing:
+                    self.archive_out.update(account.domains)
 
     # ---- output -------------------------------------------------------------------------------
 
@@ -760,18 +804,27 @@ class ServerSim:
         for r in msg.rcpts:
             r.time = t
         self.open_messages[msg.msgid] = msg
+        msg.archive_out = msg.cpanel_user is not None and msg.sender_domain in self.archive_out
         rng = self.rng
+        spam_frozen = False
         if not msg.spammy and (rng.random() < 0.012 or (t >= self.tail_start and rng.random() < 0.3)):
             # held back by load: delivered by a later queue run
             self.emit(
                 t, msg.pid, MESSAGE_INFO, f"{msg.msgid} no immediate delivery: load average {rng.uniform(8, 30):.2f}"
             )
             self.at(t + rng.randint(600, 3600), self._delivery_run, (msg, msg.rcpts))
-        elif msg.spammy and rng.random() < 0.03:
+        elif (spam_frozen := msg.spammy and rng.random() < 0.03) or self._frozen_queue(t):
             self.emit(t, msg.pid, FROZEN, f"{msg.msgid} Frozen by the system filter: message looks like spam")
             self._freeze(t, msg)
+            if spam_frozen and self.side_rng.random() < REMOVE_FROZEN_SPAM_SHARE:
+                # the admin clears the spam out of the frozen queue later that day
+                self.at(t + self.side_rng.randint(600, 18 * 3600), self._admin_remove, msg)
         else:
             self.at(t + (0 if rng.random() < 0.6 else rng.randint(1, 2)), self._delivery_run, (msg, msg.rcpts))
+
+    def _frozen_queue(self, t: int) -> bool:
+        window = self.frozen_window
+        return window is not None and window[0] <= t < window[1] and self.rng.random() < window[2]
 
     def _attempt(self, t: int, msg: Message, r: Recipient) -> tuple[int, Response | None]:
         if r.local:
@@ -807,17 +860,23 @@ class ServerSim:
 
     def _delivery_run(self, t: int, arg: tuple[Message, list[Recipient]]) -> None:
         msg, rcpts = arg
-        if msg.frozen:
+        if msg.frozen or msg.removed:
             return
         pid = msg.pid + 1 if t - msg.arrival < 10 else self._queue_pid
         delivered_groups: dict[str, list[Recipient]] = {}
         deferred: list[tuple[Recipient, Response]] = []
         failed: list[Recipient] = []
         sender_values: dict[str, str] | None = None
+        outcomes = []
         for r in rcpts:
             outcome, response = self._attempt(t, msg, r)
             if outcome == DEFER and r.first_fail is not None and t - r.first_fail >= RETRY_GIVE_UP:
                 outcome, response = EXPIRE, _R["retry_timeout_exceeded"]
+            outcomes.append((r, outcome, response))
+        if msg.archive_out:
+            msg.archive_out = False
+            self._archive_outgoing(t, pid, msg, outcomes)
+        for r, outcome, response in outcomes:
             if outcome == DELIVER:
                 key = "local" if r.local else (r.remote.name if r.remote is not None else "")
                 delivered_groups.setdefault(key, []).append(r)
@@ -838,6 +897,8 @@ class ServerSim:
             if key == "local":
                 for r in group:
                     self._write_local_delivery(t, pid, msg, r)
+                if self.archive_in:
+                    self._archive_incoming(t, pid, msg, group)
             else:
                 self._write_remote_delivery(t, pid, msg, group)
         if deferred:
@@ -847,6 +908,8 @@ class ServerSim:
         elif failed and msg.parent is not None and not msg.frozen:
             self.emit(t, pid, FROZEN, f"{msg.msgid} Frozen (delivery error message)")
             self._freeze(t, msg)
+            if self.side_rng.random() < REMOVE_FROZEN_BOUNCE_SHARE:
+                self.at(t + self.side_rng.randint(600, 2 * 86400), self._admin_remove, msg)
         if msg.open == 0 and not msg.frozen:
             self.emit(t, pid, COMPLETED, f"{msg.msgid} Completed")
             self._finish(msg)
@@ -870,6 +933,73 @@ class ServerSim:
             "rcpt": "",
             "domain": "",
         }
+
+    # ---- archiving and administrators --------------------------------------------------------
+
+    def _write_archive_copy(self, t: int, pid: int, msg: Message, r: Recipient, address: str, route: str) -> None:
+        field = f"{address.partition('@')[0]} <{address}>"
+        if self._long:
+            field += f" F=<{msg.sender}>"
+        self.emit(t, pid, DELIVERY, f"{msg.msgid} => {field} {route}")
+        r.attempts += 1
+        r.time = t
+
+    def _archive_incoming(self, t: int, pid: int, msg: Message, delivered: list[Recipient]) -> None:
+        """The archive copies of mail just delivered (or filtered) into mailboxes of archiving domains.
+
+        The copy is logged after the mailbox delivery, so it is the recipient's last line: its final state."""
+        for r in delivered:
+            box = r.mailbox
+            if box is not None and box.domain in self.archive_in:
+                self._write_archive_copy(t, pid, msg, r, box.address, ARCHIVE_IN_ROUTE)
+                r.state = EventType.ARCHIVED
+                r.reason = None
+
+    def _archive_outgoing(
+        self, t: int, pid: int, msg: Message, outcomes: list[tuple[Recipient, int, Response | None]]
+    ) -> None:
+        """The archive copies of mail an archiving domain sends out, logged before the remote outcomes.
+
+        Only recipients whose first attempt is final (delivered or bounced) get one: the copy is final for
+        the recipient's key, and the query service's message view shows the latest final event of a
+        recipient, so a copy before a deferral would show the deferred recipient as archived."""
+        for r, outcome, _ in outcomes:
+            if r.mailbox is None and r.remote is not None and outcome in (DELIVER, FAIL):
+                self._write_archive_copy(t, pid, msg, r, r.address, ARCHIVE_OUT_ROUTE)
+
+    def _maybe_schedule_removal(self, t: int, msg: Message) -> None:
+        """A message still deferred a day after its arrival: now and then an administrator deletes it."""
+        if msg.removal_drawn or t - msg.arrival < REMOVE_AFTER_DEFERRED:
+            return
+        msg.removal_drawn = True
+        side = self.side_rng
+        if side.random() < REMOVE_LONG_DEFERRED_SHARE:
+            self.at(t + side.randint(600, 86400), self._admin_remove, msg)
+
+    def _admin_remove(self, t: int, msg: Message) -> None:
+        """``exim -Mrm``: Exim logs "removed by <user>" and "Completed"; recipients without an outcome are
+        cancelled."""
+        if msg.removed or (not msg.frozen and msg.msgid not in self.open_messages):
+            return  # it was delivered or given up meanwhile
+        side = self.side_rng
+        pid = side.randrange(2000, 4_000_000)
+        cwd = "/root" if side.random() < 0.6 else "/usr/local/cpanel/whostmgr/docroot"
+        self.emit(t, pid, ARGUMENTS, f"cwd={cwd} 3 args: /usr/sbin/exim -Mrm {msg.msgid}")
+        self.emit(t, pid, CANCELLED, f"{msg.msgid} removed by root")
+        self.emit(t, pid, COMPLETED, f"{msg.msgid} Completed")
+        msg.removed = True
+        cancelled = []
+        for r in msg.rcpts:
+            if r.state in (None, EventType.DEFERRED, EventType.FROZEN):
+                r.state = EventType.CANCELLED
+                r.reason = None
+                r.time = t
+                cancelled.append(r)
+        if msg.frozen:
+            self._truth_rows(msg, cancelled)  # its other rows were written when it froze
+        else:
+            msg.open = 0
+            self._finish(msg)
 
     def _mx(self, r: Recipient) -> tuple[str, str]:
         domain = r.remote
@@ -1067,10 +1197,11 @@ class ServerSim:
         if not msg.delay_warned and msg.sender and t - msg.arrival >= 86400:
             msg.delay_warned = True
             self._warning_message(t, msg)
+        self._maybe_schedule_removal(t, msg)
 
     def _retry_wait(self, t: int, arg: tuple[Message, list[Recipient]]) -> None:
         msg, group = arg
-        if msg.frozen:
+        if msg.frozen or msg.removed:
             return
         pid = self._queue_pid
         for r in group:
@@ -1162,10 +1293,10 @@ class ServerSim:
         self.open_messages.pop(msg.msgid, None)
         self._truth_rows(msg)
 
-    def _truth_rows(self, msg: Message) -> None:
+    def _truth_rows(self, msg: Message, rcpts: list[Recipient] | None = None) -> None:
         name = self.server.name
         write = self.truth.write
-        for r in msg.rcpts:
+        for r in msg.rcpts if rcpts is None else rcpts:
             state = r.state
             final = state.value if state is not None else "in_progress"
             routed = r.attempts > 0  # before its first line, a recipient is known by the address it was sent to

@@ -2,7 +2,7 @@
 
 Keys: ``server``, ``msgid`` (null for rejections), ``recipient``, ``original_recipient``, ``final``
 (an ``EventType`` value), ``reason`` (a ``Reason`` value, null for delivered / filtered / archived /
-in_progress / frozen), ``cause`` (for expired: the reason of the last real deferral), ``attempts``,
+in_progress / frozen / cancelled), ``cause`` (for expired: the reason of the last real deferral), ``attempts``,
 ``sender`` ("" for bounces), ``cpanel_user``, ``bounce_msgid``, ``parent_msgid``, ``time`` (epoch
 seconds of the recipient's last line, or of the arrival when it has none).
 
@@ -11,6 +11,13 @@ the delivered address and its ``(parents)`` and ``<original>`` (so ``bob <bob@ex
 ``bob@example.com``, ``/dev/null (erice@example.com) <erice@example.com>`` gives ``erice@example.com``
 and ``bob@gmail.com <info@example.com>`` gives ``bob@gmail.com`` with ``original_recipient``
 ``info@example.com``); a recipient without any delivery line yet has the address of the ``for`` list.
+
+cPanel archiving's copy of a message (``bob <bob@example.com> R=archiver_incoming_domain_method`` /
+``R=archiver_outgoing``) is a delivery line of the same recipient key: it counts as an attempt, and the
+incoming copy, logged after the mailbox delivery, makes the recipient ``archived``; the outgoing copy is
+logged before the remote outcome, which stays the final state. A message an administrator removes
+(``removed by root``) gets ``cancelled`` for every recipient without an outcome (a frozen one gets a
+second row for those).
 
 Rows are written when a message has no recipient left to deliver. At the end of a run every message
 still in flight gets a row with its state at that moment (``deferred`` / ``in_progress``); with

@@ -43,7 +43,9 @@ def test_final_state_of_every_recipient_matches_the_truth(tmp_path: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     truth = load_truth(str(tmp_path / "truth.jsonl"))
-    assert truth
+    # every final state of the product is in the comparison (archived: cPanel archiving's copies; cancelled:
+    # messages an administrator removed from the queue) but in_progress: this run's last half hour is quiet
+    assert {row["final"] for row in truth.values()} >= {str(t) for t in EventType} - {"in_progress"}
 
     # (server, msgid, address, time for rejections) -> the last event about it, and the reason of the last
     # one that was not a "retry time not reached" wait (the truth keeps the reason of the last real attempt);

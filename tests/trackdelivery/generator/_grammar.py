@@ -48,6 +48,7 @@ MESSAGE_LINES = (
     re.compile(r"^Sender identification U=\w+ D=[a-z0-9.-]+ S=\w+$"),
     re.compile(rf"^SMTP connection outbound \d+ (?:{NEW_ID}|{OLD_ID}) [a-z0-9.-]+ {ADDR}$"),
     re.compile(r"^no immediate delivery: load average \d+\.\d\d$"),
+    re.compile(r"^removed by root$"),  # exim -Mrm
 )
 PLAIN_LINES = (
     re.compile(
@@ -58,6 +59,7 @@ PLAIN_LINES = (
     re.compile(rf"^H={CLIENT} F=<{ADDR}> rejected RCPT <{ADDR}>: .+$"),
     re.compile(r"^(?:Start|End) queue run: pid=\d+$"),
     re.compile(rf"^cwd=/var/spool/exim 3 args: /usr/sbin/exim -Mc (?:{NEW_ID}|{OLD_ID})$"),
+    re.compile(rf"^cwd=/(?:root|usr/local/cpanel/whostmgr/docroot) 3 args: /usr/sbin/exim -Mrm (?:{NEW_ID}|{OLD_ID})$"),
 )
 
 
@@ -101,7 +103,7 @@ def epoch(date: str, clock: str) -> int:
 class RecipientState:
     final: str
     attempts: int
-    times: list[tuple[int, str]] = field(default_factory=list)  # (time, "attempt"/"wait"/"final")
+    times: list[tuple[int, str]] = field(default_factory=list)  # (time, "attempt"/"wait"/"archive"/"final")
 
 
 def recipient_of(match: re.Match[str]) -> tuple[str, str | None]:
@@ -135,7 +137,8 @@ def replay(lines: list[str]) -> tuple[dict[tuple[str, str], RecipientState], int
         kind = None
         if (m := DELIVERY.match(body)) is not None:
             filtered = m["addr"] in ("/dev/null", ":blackhole:") or m["transport"] == "**bypassed**"
-            kind = "filtered" if filtered else "delivered"
+            archived = m["router"].startswith("archiver_") or (m["transport"] or "").startswith("archiver_")
+            kind = "archived" if archived else "filtered" if filtered else "delivered"
         elif (m := DEFERRAL.match(body)) is not None:
             kind = "wait" if m["errno"] == "-54" else "deferred"
         elif (m := FAILURE.match(body)) is not None:
@@ -150,6 +153,16 @@ def replay(lines: list[str]) -> tuple[dict[tuple[str, str], RecipientState], int
                 if (msgid, address) not in aliases:
                     states.setdefault((msgid, address), RecipientState("frozen", 0))
             continue
+        elif body.startswith("removed by "):
+            # an administrator removed the message: whatever had no outcome yet never will
+            for key, state in states.items():
+                if key[0] == msgid and state.final in ("deferred", "frozen", "in_progress"):
+                    state.final = "cancelled"
+                    state.times.append((t, "final"))
+            for address in listed.get(msgid, []):
+                if (msgid, address) not in aliases:
+                    states.setdefault((msgid, address), RecipientState("cancelled", 0))
+            continue
         if kind is None or m is None:
             continue
         recipient, original = recipient_of(m)
@@ -158,6 +171,11 @@ def replay(lines: list[str]) -> tuple[dict[tuple[str, str], RecipientState], int
         if kind == "wait":
             state.final = "deferred"
             state.times.append((t, "wait"))
+        elif kind == "archived":
+            # the archive copy of an unseen router: a delivery of its own, not a retry of the recipient
+            state.final = kind
+            state.attempts += 1
+            state.times.append((t, "archive"))
         else:
             state.final = kind
             state.attempts += 1

@@ -12,15 +12,19 @@ from typing import Any
 import pytest
 
 from tests.trackdelivery.generator._grammar import (
+    ARRIVAL,
     DEFERRAL,
+    DELIVERY,
     FAILURE,
     MSGID,
     PREFIX,
     epoch,
     line_problem,
     message_line,
+    recipient_of,
     replay,
 )
+from trackdelivery.events import DeliveryEvent
 from trackdelivery.generator import FleetRun, GenerateConfig
 from trackdelivery.generator.ids import id_epoch
 
@@ -239,7 +243,7 @@ def test_hostile_and_non_ascii_subjects_are_escaped(fleet: Fleet) -> None:
 
 
 def test_failure_lines_carry_a_reason_text(fleet: Fleet) -> None:
-    texts = Counter()
+    texts: Counter[str] = Counter()
     for lines in fleet.logs.values():
         for line in lines:
             found = message_line(line)
@@ -249,3 +253,166 @@ def test_failure_lines_carry_a_reason_text(fleet: Fleet) -> None:
                 texts[m["text"].split(":")[0]] += 1
     assert texts["SMTP error from remote mail server after RCPT TO"] > 0
     assert texts["retry timeout exceeded"] > 0
+
+
+# -- archiving and administrators ------------------------------------------------------------------------
+
+ARCHIVE_COPY = re.compile(
+    r"^=> (?P<local>\S+) <(?P<address>[^>\s]+@[^>\s]+)>(?: F=<[^>]*>)? R=(?P<router>archiver_\w+)"
+    r" T=(?P<transport>archiver_\w+)$"
+)
+
+
+def _last_rows(fleet: Fleet) -> dict[tuple[str, str, str], dict[str, Any]]:
+    return {(row["server"], row["msgid"], row["recipient"]): row for row in fleet.truth if row["msgid"] is not None}
+
+
+def test_archiving_accounts_get_an_archive_copy_of_their_mail(fleet: Fleet) -> None:
+    archiving = fleet.manifest["archiving"]
+    accounts = sum(info["accounts"] for info in fleet.manifest["servers"])
+    assert 0 < len(archiving) < 0.1 * accounts  # a few accounts
+    incoming = {(a["server"], domain) for a in archiving if a["incoming"] for domain in a["domains"]}
+    outgoing = {(a["server"], domain) for a in archiving if a["outgoing"] for domain in a["domains"]}
+    copies: Counter[str] = Counter()
+    for server, lines in fleet.logs.items():
+        senders: dict[str, str] = {}
+        delivered: dict[str, list[tuple[int, str, str]]] = defaultdict(list)  # msgid -> (line, time, address)
+        outgoing_copies: list[tuple[int, str, str, str]] = []
+        for number, line in enumerate(lines):
+            found = message_line(line)
+            if found is None:
+                continue
+            msgid, body = found
+            if (arrival := ARRIVAL.match(body)) is not None:
+                senders[msgid] = arrival["sender"]
+                continue
+            copy = ARCHIVE_COPY.match(body)
+            if copy is None:
+                if (m := DELIVERY.match(body) or FAILURE.match(body)) is not None:
+                    delivered[msgid].append((number, line[:19], recipient_of(m)[0]))
+                continue
+            address = copy["address"]
+            domain = address.rpartition("@")[2]
+            assert copy["local"] == address.partition("@")[0], line
+            assert copy["router"] == copy["transport"], line
+            if copy["router"] == "archiver_outgoing":
+                assert (server, senders[msgid].rpartition("@")[2]) in outgoing, line
+                assert (server, domain) not in incoming, line
+                outgoing_copies.append((number, line[:19], msgid, address))
+                copies["outgoing"] += 1
+            else:
+                assert copy["router"] == "archiver_incoming_domain_method", line
+                assert (server, domain) in incoming, line
+                # the copy of an unseen router is logged after the mailbox's own delivery, in the same run
+                assert any(a == address and t == line[:19] for _, t, a in delivered[msgid]), line
+                copies["incoming"] += 1
+        for number, stamp, msgid, address in outgoing_copies:
+            # local deliveries come first: the remote outcome of the address follows in the same run
+            assert any(n > number and t == stamp and a == address for n, t, a in delivered[msgid]), (msgid, address)
+    assert copies["incoming"] > 50 and copies["outgoing"] > 5, copies
+    archived = [row for row in fleet.truth if row["final"] == "archived"]
+    # the incoming copy is the recipient's last line, so its final state; an outgoing copy never is
+    assert len(archived) == copies["incoming"]
+    assert all(row["reason"] is None and row["attempts"] == 2 for row in archived)
+
+
+def test_administrators_remove_a_few_messages_from_the_queue(fleet: Fleet) -> None:
+    removed: dict[tuple[str, str], int] = {}
+    for server, lines in fleet.logs.items():
+        by_msgid: dict[str, list[tuple[str, str]]] = defaultdict(list)
+        for line in lines:
+            found = message_line(line)
+            if found is not None:
+                by_msgid[found[0]].append((line[:19], found[1]))
+        for msgid, entries in by_msgid.items():
+            bodies = [body for _, body in entries]
+            if "removed by root" not in bodies:
+                continue
+            at = bodies.index("removed by root")
+            # Exim's -Mrm: "removed by <user>", then the message is Completed; nothing about it after that
+            assert bodies[at + 1 :] == ["Completed"], (server, msgid, bodies[at:])
+            assert entries[at][0] == entries[at + 1][0]
+            removed[(server, msgid)] = at
+            assert any(line.endswith(f" 3 args: /usr/sbin/exim -Mrm {msgid}") for line in lines)
+    rows = _last_rows(fleet)
+    message_rows = len(rows)
+    cancelled = [row for row in rows.values() if row["final"] == "cancelled"]
+    assert 0 < len(cancelled) < 0.005 * message_rows  # well under 1% of the messages' recipients
+    assert all((row["server"], row["msgid"]) in removed for row in cancelled)
+    assert all(row["reason"] is None for row in cancelled)
+    # frozen spam (never tried) and messages deferred for days (tried many times) are both removed
+    assert any(row["attempts"] == 0 for row in cancelled) and any(row["attempts"] > 3 for row in cancelled)
+    for row in rows.values():
+        if (row["server"], row["msgid"]) in removed:
+            assert row["final"] not in ("deferred", "frozen", "in_progress"), row
+
+
+def test_the_correlator_agrees_with_the_truth_on_archived_and_cancelled_recipients(fleet: Fleet) -> None:
+    from processors.exim.correlator import Correlator
+    from processors.exim.parser import parse_line
+
+    rows = _last_rows(fleet)
+    wanted = {(row["server"], row["msgid"]) for row in rows.values() if row["final"] in ("archived", "cancelled")}
+    for server, lines in fleet.logs.items():
+        wanted.update(
+            (server, found[0])
+            for line in lines
+            if " R=archiver_outgoing " in line and (found := message_line(line)) is not None
+        )
+    checked: Counter[str] = Counter()
+    mismatches = []
+    for server, lines in fleet.logs.items():
+        correlator = Correlator()
+        events: list[DeliveryEvent] = []
+        for line in lines:
+            found = message_line(line)
+            if found is not None and (server, found[0]) in wanted:
+                events.extend(correlator.feed(server, parse_line(line.encode())))
+        events.extend(correlator.flush())
+        last: dict[tuple[str | None, str], DeliveryEvent] = {}
+        attempts: dict[tuple[str | None, str], int] = defaultdict(int)
+        for event in events:
+            for address in {event.recipient, event.original_recipient} - {None}:
+                key = (event.msgid, str(address).lower())
+                attempts[key] = max(attempts[key], event.retry.attempt)
+                if key not in last or event.time >= last[key].time:
+                    last[key] = event
+        for (row_server, msgid, recipient), row in rows.items():
+            if row_server != server or (server, msgid) not in wanted:
+                continue
+            key = (msgid, recipient.lower())
+            if key not in last and row["original_recipient"]:
+                key = (msgid, row["original_recipient"].lower())
+            found_event = last.get(key)
+            got = (str(found_event.type), attempts[key]) if found_event is not None else (None, 0)
+            want = (row["final"], row["attempts"] - (1 if row["final"] == "expired" else 0))
+            if got != want:
+                mismatches.append(f"{server} {msgid} {recipient}: want {want}, got {got}")
+            checked[row["final"]] += 1
+    assert checked["archived"] > 50 and checked["cancelled"] > 5 and checked["delivered"] > 5, checked
+    assert not mismatches, f"{len(mismatches)} differ:\n" + "\n".join(mismatches[:20])
+
+
+def test_follow_traffic_archives_and_removes_messages_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
+
+    from trackdelivery.generator import runner
+
+    run = FleetRun(GenerateConfig(servers=3, messages=600, days=1, out=tmp_path, seed=5))
+    try:
+        run.run(keep=True)
+        truth_size = (tmp_path / "truth.jsonl").stat().st_size
+        logs = {path: path.stat().st_size for path in sorted(tmp_path.glob("*/exim_mainlog"))}
+        # a fast clock: the live traffic of a day and a half in a few seconds (rate 1 line/s of simulated time)
+        clock = itertools.count(0, 5000)
+        monkeypatch.setattr(runner, "time", types.SimpleNamespace(monotonic=lambda: float(next(clock))))
+        horizon = run.config.end_epoch + 36 * 3600
+        run.follow(1.0, lambda: min(sim.now for sim in run.sims) > horizon, sleep=lambda _: None)
+    finally:
+        run.close()
+    with open(tmp_path / "truth.jsonl", "rb") as stream:
+        stream.seek(truth_size)
+        finals = Counter(json.loads(line)["final"] for line in stream.read().splitlines())
+    appended = b"".join(path.read_bytes()[size:] for path, size in logs.items()).decode()
+    assert finals["archived"] > 0 and finals["cancelled"] > 0, finals
+    assert " R=archiver_incoming_domain_method " in appended and " removed by root\n" in appended

@@ -1,0 +1,1 @@
+"""Alert engine: delivery events → exim.delivery.alerts, Redis and webhooks (see docs/alerts.md)."""
