@@ -68,14 +68,14 @@ def test_make_demo_serves_live_data_and_stops_cleanly(tmp_path: Path) -> None:
         print(f"make demo: page up {time.monotonic() - started:.0f} s after the command")
 
         missing = {t.value for t in EventType}
-        deadline = time.monotonic() + 300
+        deadline = time.monotonic() + 480  # a loaded 2-core CI machine needs minutes to ship the whole history
         while missing and time.monotonic() < deadline:
             for event_type in sorted(missing):
                 answer = get(f"{url}api/v1/deliveries?type={event_type}&limit=1", token)
                 if answer["events"]:
                     missing.discard(event_type)
             time.sleep(2)
-        assert not missing, f"no {sorted(missing)} events in the demo after 300 s"
+        assert not missing, f"no {sorted(missing)} events in the demo after 480 s"
 
         first = get(f"{url}api/v1/deliveries?limit=50", token)["events"]
         time.sleep(15)

@@ -108,7 +108,9 @@ def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
 @click.option("--port", default=8080, show_default=True, help="Port of the query service (0: any free).")
 def main(log_path: Path | None, server: str, servers: int, messages: int, rate: int, port: int) -> None:
     """Run Kafka, Redis, shippers, a processor and the query service on this machine."""
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the demo as cleanly as Ctrl-C
+    # `kill` stops the demo as cleanly as Ctrl-C; SIGINT too when a shell started it with SIGINT ignored (`&`)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     state_dir = default_state_dir()
     demo_dir = state_dir / "demo"
     (demo_dir / "logs").mkdir(parents=True, exist_ok=True)

@@ -111,11 +111,18 @@ def test_every_line_arrives_in_order_through_rotation(strategy, tmp_path, kafka_
 
 
 class ConcurrentWriter(threading.Thread):
-    """Appends numbered lines (O_APPEND, 20 per write) while another thread rotates the file under it."""
+    """Appends numbered lines (O_APPEND, 20 per write) while another thread rotates the file under it.
+
+    At each quarter of the lines it waits for the next rotation (``rotated``), so however slow a loaded
+    machine makes the rotating thread, at least three rotations happen while lines are being written.
+    """
+
+    QUARTERS = 4
 
     def __init__(self, path: Path, total: int) -> None:
         super().__init__(daemon=True)
         self.path, self.total = path, total
+        self.rotated = threading.Semaphore(0)
         self.started = 0  # lines whose write has begun
         self.done = 0  # lines whose write has returned
         self.lines: list[bytes] = []
@@ -123,7 +130,10 @@ class ConcurrentWriter(threading.Thread):
     def run(self) -> None:
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         try:
+            quarter = self.total // self.QUARTERS
             while self.done < self.total:
+                if self.done and self.done % quarter < 20 and self.done < quarter * self.QUARTERS:
+                    self.rotated.acquire(timeout=60)
                 batch = [line_text(0, n) for n in range(self.done, min(self.done + 20, self.total))]
                 self.lines.extend(batch)
                 self.started += len(batch)
@@ -154,6 +164,7 @@ def test_copytruncate_with_a_concurrent_writer_loses_at_most_the_copy_window(
             shutil.copyfile(log, copy)
             os.truncate(log, 0)
             windows.append((first, writer.started))  # every line from here on starts after the truncation
+            writer.rotated.release()
         writer.join()
         lost_allowed = {line for first, last in windows for line in writer.lines[first:last]}
         guaranteed = set(writer.lines) - lost_allowed
