@@ -19,7 +19,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 
@@ -65,16 +64,39 @@ def fresh_topic(bootstrap: str, prefix: str) -> str:
     return name
 
 
+# Runs a command and prints its wall seconds, CPU seconds, peak RSS (KiB) and exit code. A child's peak RSS
+# starts at the peak of the process it was forked from (Linux keeps ru_maxrss across exec), and this
+# process grows to a few hundred MiB counting a topic, so the measured command is forked from this small
+# launcher instead (its own peak, ~10 MiB, is below any measured command's).
+LAUNCHER = """
+import os, sys, time
+report = os.dup(1)
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    try:
+        os.execvp(sys.argv[1], sys.argv[1:])
+    finally:
+        os._exit(127)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+os.write(report, b"%f %f %d %d" % (wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss,
+                                   os.waitstatus_to_exitcode(status)))
+"""
+
+
 def timed(command: list[str]) -> tuple[float, float, float]:
     """Wall seconds, CPU seconds and peak RSS (MiB) of a child process."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{command[0]} failed ({status}):\n{stderr[-3000:]}")
-    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
+    launched = subprocess.run([sys.executable, "-I", "-S", "-c", LAUNCHER, *command], capture_output=True,
+                              check=False)
+    try:
+        wall, cpu, rss, code = launched.stdout.split()
+    except ValueError:
+        raise SystemExit(f"launcher failed:\n{launched.stderr.decode(errors='replace')[-3000:]}") from None
+    if int(code) != 0:
+        raise SystemExit(f"{command[0]} failed ({int(code)}):\n{launched.stderr.decode(errors='replace')[-3000:]}")
+    return float(wall), float(cpu), int(rss) / 1024
 
 
 def count_kcat(bootstrap: str, topic: str) -> int:

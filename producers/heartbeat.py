@@ -15,7 +15,6 @@ import orjson
 log = logging.getLogger(__name__)
 
 HEARTBEAT_VERSION = 1
-SYNC_FAILURE_PAUSE = 600.0
 
 
 class Heartbeat:
@@ -36,17 +35,19 @@ class Heartbeat:
                              "interval": self.interval, "bytes_behind": bytes_behind, "stopping": stopping})
 
     def send(self, producer: Any, bytes_behind: int, *, stopping: bool = False, now: float | None = None) -> None:
-        """Send one heartbeat without waiting for it; failures are logged once and otherwise ignored."""
+        """Hand one heartbeat to ``producer`` (a confluent-kafka ``Producer``) without waiting for it;
+        failures are logged once and otherwise ignored. The producer never blocks here."""
         self._next = (now if now is not None else time.monotonic()) + self.interval
         try:
-            future = producer.send(self.topic, key=self.key, value=self.payload(bytes_behind, stopping))
-            future.add_errback(self._failed)
+            producer.produce(self.topic, self.payload(bytes_behind, stopping), self.key, on_delivery=self._delivered)
         except Exception as error:  # a heartbeat must never stop shipping
-            # kafka-python blocked (max_block_ms) for metadata: do not stall the shipper again soon
-            self._next += SYNC_FAILURE_PAUSE
             self._failed(error)
 
-    def _failed(self, error: BaseException) -> None:
+    def _delivered(self, error: Any, _message: Any) -> None:
+        if error is not None:
+            self._failed(error)
+
+    def _failed(self, error: object) -> None:
         if not self._warned:
             self._warned = True
             log.warning("heartbeat not delivered (is the topic created?)", extra={"topic": self.topic,

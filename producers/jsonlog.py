@@ -32,5 +32,8 @@ def setup_logging(level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    # kafka-python logs every failed connection attempt at ERROR; the shipper reports outages itself.
-    logging.getLogger("kafka").setLevel(logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL)
+    # kafka-python and librdkafka log every failed connection attempt at ERROR; the shipper reports outages
+    # itself ("Kafka unavailable, reading paused").
+    quiet = logging.DEBUG if level.upper() == "DEBUG" else logging.CRITICAL
+    logging.getLogger("kafka").setLevel(quiet)
+    logging.getLogger("producers.librdkafka").setLevel(quiet)

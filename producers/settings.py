@@ -19,7 +19,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from producers.tail import StartPosition
+from producers.tail.types import StartPosition
 from trackdelivery.settings import KafkaSettings
 
 _config_file: ContextVar[Path | None] = ContextVar("trackdelivery_shipper_config", default=None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 import zlib
 from collections.abc import Callable
 from itertools import accumulate
@@ -17,6 +18,7 @@ from producers.tail.fingerprint import fingerprint_bytes, read_head
 from producers.tail.types import Chunk
 
 LongLineCallback = Callable[[int, int], None]  # (offset, bytes seen so far)
+ReadInto = Callable[[memoryview], "int | None"]  # a file's ``readinto``
 _PLUS_ONE = (1).__add__
 
 
@@ -33,6 +35,7 @@ class LineSplitter:
         self._partial = b""
         self._long_head: bytes | None = None  # kept part of an over-long line being discarded
         self._on_long_line = on_long_line
+        self._buffer: bytearray | None = None  # reused by ``fill``
 
     @property
     def has_partial(self) -> bool:
@@ -40,22 +43,57 @@ class LineSplitter:
 
     def consume(self, data: bytes) -> Chunk | None:
         self.read_offset += len(data)
-        offsets: list[int] = []
-        lines: list[bytes] = []
-        truncated: list[int] = []
+        if self._long_head is None:
+            if self._partial:
+                data = self._partial + data
+            last_newline = data.rfind(b"\n")
+            if last_newline >= 0 and _lines_fit(data, last_newline, self.max_line_bytes):
+                # The usual case: no line to cut, so the whole lines go out as one block of the file's bytes.
+                start = self.position
+                self.position = start + last_newline + 1
+                self._keep_tail(data[last_newline + 1:])
+                return Chunk.block(self.file_id, self.path, start, data, 0, last_newline + 1)
+            return self._split(data, last_newline, [], [], [])
+        newline = data.find(b"\n")
+        if newline < 0:
+            return None
+        offsets, lines, truncated = [self.position], [self._long_head], [self.position]
+        self._long_head = None
+        self.position = self.read_offset - len(data) + newline + 1
+        data = data[newline + 1:]
+        return self._split(data, data.rfind(b"\n"), offsets, lines, truncated)
+
+    def fill(self, readinto: ReadInto, size: int) -> tuple[Chunk | None, int]:
+        """Read up to ``size`` bytes with ``readinto`` and split them like ``consume``: (chunk, bytes read).
+
+        The bytes are read into a buffer this splitter reuses, behind a copy of the unfinished line, so
+        nothing is copied as a whole; a block chunk refers to that buffer. The buffer is reused only once
+        nothing else refers to it any more (a new one is made while a chunk from the last call is alive).
+        """
+        keep = len(self._partial)
+        buffer = self._buffer
+        if buffer is None or len(buffer) < keep + size or sys.getrefcount(buffer) > 3:  # attribute, local, argument
+            buffer = self._buffer = bytearray(self.max_line_bytes + size)
+        buffer[:keep] = self._partial
+        with memoryview(buffer) as view, view[keep:keep + size] as target:
+            read = readinto(target) or 0
+        if not read:
+            return None, 0
         if self._long_head is not None:
-            newline = data.find(b"\n")
-            if newline < 0:
-                return None
-            offsets.append(self.position)
-            lines.append(self._long_head)
-            truncated.append(self.position)
-            self._long_head = None
-            self.position = self.read_offset - len(data) + newline + 1
-            data = data[newline + 1:]
-        elif self._partial:
-            data = self._partial + data
-        last_newline = data.rfind(b"\n")
+            return self.consume(bytes(buffer[keep:keep + read])), read
+        self.read_offset += read
+        end = keep + read
+        last_newline = buffer.rfind(b"\n", 0, end)
+        if last_newline >= 0 and _lines_fit(buffer, last_newline, self.max_line_bytes):
+            start = self.position
+            self.position = start + last_newline + 1
+            self._keep_tail(bytes(buffer[last_newline + 1:end]))
+            return Chunk.block(self.file_id, self.path, start, buffer, 0, last_newline + 1), read
+        return self._split(bytes(buffer[:end]), last_newline, [], [], []), read
+
+    def _split(self, data: bytes, last_newline: int, offsets: list[int], lines: list[bytes],
+               truncated: list[int]) -> Chunk | None:
+        """Line by line (a line to cut, or the end of one being discarded): ``data`` starts at ``position``."""
         if last_newline < 0:
             tail = data
         else:
@@ -75,15 +113,19 @@ class LineSplitter:
                         parts[index] = part[:limit]
                         self._report_long(line_offset, len(part))
             lines.extend(parts)
+        self._keep_tail(tail)
+        if not lines:
+            return None
+        return Chunk(self.file_id, self.path, offsets, lines, self.position, truncated)
+
+    def _keep_tail(self, tail: bytes) -> None:
+        """Keep the unfinished last line, or the kept part of it once it is too long."""
         if len(tail) > self.max_line_bytes:
             self._long_head = tail[: self.max_line_bytes]
             self._partial = b""
             self._report_long(self.position, len(tail))
         else:
             self._partial = tail
-        if not lines:
-            return None
-        return Chunk(self.file_id, self.path, offsets, lines, self.position, truncated)
 
     def finish(self) -> Chunk | None:
         """The unterminated last line, for a file that can no longer grow."""
@@ -101,6 +143,20 @@ class LineSplitter:
     def _report_long(self, offset: int, length: int) -> None:
         if self._on_long_line is not None:
             self._on_long_line(offset, length)
+
+
+def _lines_fit(data: bytes | bytearray, last_newline: int, limit: int) -> bool:
+    """Whether no line of ``data[:last_newline + 1]`` is longer than ``limit`` (newline not counted).
+
+    Jumps from newline to newline up to ``limit`` bytes at a time instead of measuring each line.
+    """
+    position = 0
+    while last_newline - position > limit:
+        newline = data.rfind(b"\n", position, position + limit + 1)
+        if newline < 0:
+            return False
+        position = newline + 1
+    return True
 
 
 class FileTruncatedError(Exception):
