@@ -25,17 +25,20 @@ async def test_created_token_verifies_with_its_scope(store: TokenStore) -> None:
     assert verified.domains == {"shop.example"}  # normalised: lower case, no trailing dot
 
 
-async def test_the_secret_is_not_stored(store: TokenStore, redis_db_url: str) -> None:
+async def test_the_secret_is_not_stored(store: TokenStore, redis_db_url: str, key_prefix: str) -> None:
     token, _ = await store.create(operator=True)
     secret = token.rsplit("_", 1)[1]
     client = Redis.from_url(redis_db_url)
     try:
         values: list[bytes] = []
-        for key in await client.keys("*"):
-            if await client.type(key) == b"hash":
+        for key in await client.keys(f"{key_prefix}*"):  # only the store's keys: the database may be shared
+            kind = await client.type(key)
+            if kind == b"hash":
                 values += (await client.hgetall(key)).values()
-            else:
+            elif kind == b"set":
                 values += await client.smembers(key)
+            else:
+                values.append(await client.dump(key) or b"")
         dump = b"\n".join(values)
     finally:
         await client.aclose()
