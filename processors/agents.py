@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
@@ -34,6 +35,8 @@ from trackdelivery.settings import KafkaSettings, TopicNames, as_kafka_settings
 log = logging.getLogger("trackdelivery.processor")
 
 MAX_RETRY_PAUSE = 30.0
+WATCHDOG_INTERVAL = 5.0
+EXIT_STALLED = 70  # the worker exits with this when its consumer stays stalled: its supervisor restarts it
 
 Writer = Callable[[BatchResult], Awaitable[None]]
 
@@ -72,14 +75,71 @@ class RecordProcessor:
         self._last_sweep: dict[int, float] = {}
         self._sweeps: dict[int, Iterator[str]] = {}
         self._sweep_counts: dict[int, int] = {}
+        self._last_progress = time.monotonic()
+        self._handling = False
+        self._stall_strikes = 0
 
     async def handle(self, event: EventT) -> None:
         message = event.message
-        expected = self._next_offset(message.partition)
-        if expected is not None and message.offset > expected:
-            await self._fill_hole(message.tp, expected, message.offset)
-        await self._handle_record(message.partition, message.offset, message.value)
+        self._handling = True
+        try:
+            expected = self._next_offset(message.partition)
+            if expected is not None and message.offset > expected:
+                await self._fill_hole(message.tp, expected, message.offset)
+            await self._handle_record(message.partition, message.offset, message.value)
+        finally:
+            self._handling = False
+            self._last_progress = time.monotonic()
+            self._stall_strikes = 0
         self._observe_lag(message.tp, message.offset)
+
+    async def watchdog(self) -> None:
+        """Called every few seconds. faust can leave a worker idle after a rebalance with records waiting
+        on partitions it owns (its flow or the partitions stay paused). After ``stall_seconds`` of that the
+        consumer is resumed; still stalled after as long again, the worker exits with ``EXIT_STALLED`` so
+        that its supervisor restarts it (a crash at any point loses nothing: docs/guarantees.md)."""
+        if self._handling or time.monotonic() - self._last_progress < self.settings.stall_seconds:
+            return
+        behind = await self._unread_partitions()
+        if not behind:
+            self._stall_strikes = 0
+            self._last_progress = time.monotonic()
+            return
+        self._stall_strikes += 1
+        waiting = ", ".join(f"{tp.partition}: {next_offset}..{highwater - 1}" for tp, next_offset, highwater in behind)
+        if self._stall_strikes == 1:
+            log.warning("no record for %.0fs while raw partitions hold unread records (%s): resuming the consumer",
+                        self.settings.stall_seconds, waiting)
+            self.metrics.stalls.inc()
+            consumer = self.app.consumer
+            consumer.resume_partitions([tp for tp, _, _ in behind])
+            consumer.resume_flow()
+            self.app.flow_control.resume()
+            self._last_progress = time.monotonic()
+            return
+        log.error("still no record after resuming (%s): exiting with %d so the supervisor restarts the worker",
+                  waiting, EXIT_STALLED)
+        logging.shutdown()
+        os._exit(EXIT_STALLED)
+
+    async def _unread_partitions(self) -> list[tuple[Any, int, int]]:
+        """(tp, next offset, high watermark) of the assigned raw partitions with records not processed."""
+        consumer = self.app.consumer
+        assigned = [tp for tp in consumer.assignment() if tp.topic == self.topics.raw]
+        if not assigned:
+            return []
+        try:
+            highwaters = await asyncio.wait_for(consumer.highwaters(*assigned), self.settings.output_timeout)
+        except Exception as error:  # brokers unreachable: not a stall of this worker
+            log.info("watchdog: high watermarks unavailable (%s)", type(error).__name__)
+            return []
+        behind = []
+        for tp in assigned:
+            next_offset = self._next_offset(tp.partition)
+            highwater = highwaters.get(tp)
+            if next_offset is not None and highwater is not None and highwater > next_offset:
+                behind.append((tp, next_offset, highwater))
+        return behind
 
     async def _handle_record(self, partition: int, offset: int, value: bytes | None) -> None:
         result = self.pipeline.process(value, partition)
@@ -113,29 +173,48 @@ class RecordProcessor:
         past a one-record hole (faust #606, #313: its gap check only refuses holes wider than one). Our
         own next-offset mark, committed with the state, shows the hole; the records are read directly.
         """
-        from aiokafka import AIOKafkaConsumer, TopicPartition
-
         log.warning("raw records %s[%d] %d..%d were not delivered by faust: reading them directly",
                     tp.topic, tp.partition, start, end - 1)
+        position = start
+        while position < end:
+            position = await self._read_directly(tp, position, end)
+
+    async def _read_directly(self, tp: Any, start: int, end: int) -> int:
+        """Handle raw records from ``start`` up to ``end``; returns the next offset to read. Gives up (so
+        the caller starts a fresh consumer) when no record arrives for ``output_timeout`` seconds: a
+        consumer can keep stale metadata for good after a broker restart."""
+        from aiokafka import AIOKafkaConsumer, TopicPartition
+
         consumer = AIOKafkaConsumer(**self.kafka.aiokafka_config(), group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest")
-        await consumer.start()
+        position = start
+        stalled_since = time.monotonic()
         try:
+            await asyncio.wait_for(consumer.start(), self.settings.output_timeout)
             partition = TopicPartition(tp.topic, tp.partition)
             consumer.assign([partition])
             consumer.seek(partition, start)
-            position = start
             while position < end:
                 batches = await consumer.getmany(partition, timeout_ms=2000, max_records=500)
                 messages = [m for m in batches.get(partition, []) if m.offset < end]
                 if not batches:
                     if await consumer.position(partition) >= end:
-                        break
+                        return end
+                    if time.monotonic() - stalled_since > self.settings.output_timeout:
+                        log.warning("direct read of %s[%d] at %d made no progress for %.0fs: reconnecting",
+                                    tp.topic, tp.partition, position, self.settings.output_timeout)
+                        return position
                     continue
                 for record in messages:
                     await self._handle_record(tp.partition, record.offset, record.value)
                     self.metrics.refetched.inc()
-                position = await consumer.position(partition)
+                position = max(position, await consumer.position(partition))
+                stalled_since = time.monotonic()
+            return position
+        except TimeoutError:
+            log.warning("direct read of %s[%d]: could not connect within %.0fs: retrying",
+                        tp.topic, tp.partition, self.settings.output_timeout)
+            return position
         finally:
             await consumer.stop()
 
@@ -145,10 +224,11 @@ class RecordProcessor:
         failures = 0
         while True:
             try:
+                timeout = self.settings.output_timeout
                 if result.events or result.lines:
                     with self.metrics.redis_write_seconds.time():
-                        await self.redis_writer.write(result.events, result.lines)
-                await self._publish(result, partition)
+                        await asyncio.wait_for(self.redis_writer.write(result.events, result.lines), timeout)
+                await asyncio.wait_for(self._publish(result, partition), timeout)
                 return
             except asyncio.CancelledError:
                 raise
@@ -229,9 +309,17 @@ def register_agent(
 ) -> Any:
     """Attach the processing agent to ``app`` (concurrency 1: per-partition order is kept)."""
 
+    running: list[RecordProcessor] = []
+
     async def process_raw(stream: Any) -> None:
         processor = await make_processor()
+        running.append(processor)
         async for event in stream.events():
             await processor.handle(event)
+
+    @app.timer(interval=WATCHDOG_INTERVAL)
+    async def watchdog() -> None:
+        for processor in running:
+            await processor.watchdog()
 
     return app.agent(raw_topic, name="trackdelivery.process_raw", concurrency=1)(process_raw)

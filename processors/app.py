@@ -16,6 +16,11 @@ from processors.settings import ProcessorSettings
 from trackdelivery.settings import KafkaSettings, RedisSettings, TopicNames
 
 STATE_TABLE = "state"
+# Raw records faust fetches ahead of the agent (its stream buffer; default 4096). A raw record holds up to
+# record_bytes (128 KiB) of lines, and up to 960 KiB once JSON-escaped: with faust's default a worker
+# catching up a backlog held 4096 records, 734 MiB RSS in bench/badinput.py, gigabytes at worst. 128
+# records are still seconds of work for the agent. faust's STREAM_BUFFER_MAXSIZE variable overrides it.
+STREAM_BUFFER_RECORDS = 128
 
 
 @dataclass(slots=True)
@@ -30,13 +35,16 @@ class ProcessorApp:
         return str(self.table.changelog_topic.get_topic_name())
 
 
-def default_writer(redis_url: str) -> Any:
-    import redis.asyncio
-
+def default_writer(redis_settings: RedisSettings | str) -> Any:
+    """The store's writer on ``redis_settings`` (a bare URL: a single Redis), with ``StoreSettings()``."""
     from processors.sinks.redis import RedisWriter
+    from trackdelivery.connections import redis_client
     from trackdelivery.store.types import StoreSettings
 
-    return RedisWriter(redis.asyncio.Redis.from_url(redis_url), StoreSettings())
+    if isinstance(redis_settings, str):
+        redis_settings = RedisSettings.model_construct(url=redis_settings, cluster=False)
+    return RedisWriter(redis_client(redis_settings), StoreSettings(), wait_replicas=redis_settings.wait_replicas,
+                       wait_replicas_timeout=redis_settings.wait_replicas_timeout)
 
 
 def broker_urls(bootstrap_servers: str) -> list[str]:
@@ -67,12 +75,12 @@ def create_app(
     *,
     partitions: int | None = None,
     metrics: ProcessorMetrics | None = None,
-    writer_factory: Callable[[str], Any] | None = None,
+    writer_factory: Callable[[RedisSettings], Any] | None = None,
 ) -> ProcessorApp:
     """The app: the raw topic, the state table co-partitioned with it, the agent.
 
     ``partitions`` is the raw topic's real partition count (the CLI reads it from the broker); the
-    table's changelog must have exactly as many. ``writer_factory(redis_url)`` builds the Redis writer
+    table's changelog must have exactly as many. ``writer_factory(redis_settings)`` builds the Redis writer
     (default: ``RedisWriter`` with ``StoreSettings()``), inside the worker's event loop.
     """
     partition_count = partitions or kafka.partitions
@@ -86,6 +94,7 @@ def create_app(
         web_host="127.0.0.1",
         topic_partitions=partition_count,
         table_standby_replicas=settings.standby_replicas,
+        stream_buffer_maxsize=STREAM_BUFFER_RECORDS,
         **worker_settings(kafka, session_timeout=settings.session_timeout, commit_interval=settings.commit_interval),
     )
     raw_topic = app.topic(
@@ -107,7 +116,7 @@ def create_app(
         )
         return RecordProcessor(
             app, table, pipeline, topics=topics, settings=settings, metrics=metrics,
-            redis_writer=(writer_factory or default_writer)(redis_settings.url),
+            redis_writer=(writer_factory or default_writer)(redis_settings),
             bootstrap_servers=kafka.bootstrap_servers,
             kafka=kafka,
         )

@@ -154,7 +154,7 @@ def rebuild(
         raise click.UsageError(str(error)) from error
     redis_settings = RedisSettings(url=redis_url) if redis_url else RedisSettings()
     stats = asyncio.run(
-        _rebuild(settings, kafka, topics.raw, redis_settings.url, moment, force, not no_progress)
+        _rebuild(settings, kafka, topics.raw, redis_settings, moment, force, not no_progress)
     )
     if as_json:
         click.echo(orjson.dumps({"rebuild": stats}).decode())
@@ -171,26 +171,26 @@ async def _rebuild(
     settings: ProcessorSettings,
     kafka: KafkaSettings,
     raw_topic: str,
-    redis_url: str,
+    redis_settings: RedisSettings,
     since: datetime.datetime | None,
     force: bool,
     progress: bool,
 ) -> dict[str, Any]:
-    import redis.asyncio
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from processors.pipeline import Pipeline
     from processors.rebuild import rebuild as run_rebuild
     from processors.sinks.redis import RedisWriter
+    from trackdelivery.connections import count_keys, redis_client
     from trackdelivery.store.types import StoreSettings
 
     partitions = raw_topic_partitions(kafka, raw_topic, wait=10.0)
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = redis_client(redis_settings)
     try:
-        if not force and await client.dbsize():
+        if not force and await count_keys(client):
             raise click.ClickException(
-                f"{redact_url(redis_url)} is not empty: rebuild fills a fresh Redis (or pass --force)"
+                f"{redact_url(redis_settings.url)} is not empty: rebuild fills a fresh Redis (or pass --force)"
             )
         pipeline = Pipeline(
             {},
@@ -198,7 +198,8 @@ async def _rebuild(
             grace_seconds=settings.grace_seconds,
             stale_seconds=settings.stale_seconds,
         )
-        writer = RedisWriter(client, StoreSettings())
+        writer = RedisWriter(client, StoreSettings(), wait_replicas=redis_settings.wait_replicas,
+                             wait_replicas_timeout=redis_settings.wait_replicas_timeout)
         with Progress(
             TextColumn("rebuild"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
             console=Console(stderr=True), disable=not progress or not sys.stderr.isatty(), transient=True,

@@ -20,6 +20,10 @@ class ProcessorMetrics:
         self.events_out = Counter(
             "trackdelivery_processor_events", "delivery events written, by type", ["type"], registry=r
         )
+        self.parsed = Counter(
+            "trackdelivery_processor_parsed_lines", "lines parsed, by kind (unknown ones are dead-lettered)", ["kind"],
+            registry=r,
+        )
         self.unparsed = Counter(
             "trackdelivery_processor_unparsed_lines", "lines sent to the unparsed (dead letter) topic", registry=r
         )
@@ -31,6 +35,10 @@ class ProcessorMetrics:
         )
         self.output_retries = Counter(
             "trackdelivery_processor_output_retries", "failed output writes retried (Redis or Kafka down)", registry=r
+        )
+        self.stalls = Counter(
+            "trackdelivery_processor_stalls", "times the consumer sat idle with unread records and was resumed",
+            registry=r,
         )
         self.refetched = Counter(
             "trackdelivery_processor_refetched_records", "raw records faust skipped, read directly", registry=r
@@ -55,6 +63,8 @@ class ProcessorMetrics:
         self.records_in.inc()
         self.lines_in.inc(result.lines_in)
         self.duplicates.inc(result.duplicates)
+        for kind, count in result.kinds.items():
+            self.parsed.labels(kind=kind).inc(count)
         self.unparsed.inc(len(result.unparsed))
         self.undecodable.inc(result.undecodable)
         self.correlator_errors.inc(result.correlator_errors)

@@ -16,6 +16,7 @@ rebuild drop exactly the same state at exactly the same point of the stream.
 from __future__ import annotations
 
 import datetime
+import logging
 import math
 from collections.abc import Callable, Iterable, Iterator, MutableMapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from typing import Any, Protocol
 import orjson
 
 from processors.exim import correlator as correlation
-from processors.exim.correlator import Correlator, state_key
+from processors.exim.correlator import Correlator, bounded_state, state_key
 from processors.exim.types import LineKind, ParsedLine
 from trackdelivery.events import SCHEMA_VERSION, DeliveryEvent
 from trackdelivery.records import RawLine, decode_batch
@@ -33,10 +34,15 @@ MAX_SERVER_CHARS = 255
 MAX_FILE_CHARS = 255
 MAX_UNPARSED_CHARS = 8192
 MAX_REASON_CHARS = 512
+# A message state is one changelog record: faust's producer refuses records over 1,000,000 bytes
+# (producer_max_request_size), and a refused changelog write crashes the worker on that record every time.
+MAX_STATE_BYTES = 900_000
 NEVER = 1e18  # expires_at of keys that are never dropped (the server clocks)
 
 WATERMARK_PREFIX = "#w:"  # Exim message ids never start with '#'
 CLOCK_MSGID = "#c"
+
+log = logging.getLogger("trackdelivery.processor")
 
 
 class MessageLineFactory(Protocol):
@@ -58,6 +64,7 @@ class BatchResult:
     duplicates: int = 0
     undecodable: int = 0
     correlator_errors: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)  # lines parsed, by the kind the parser gave them
     events: list[DeliveryEvent] = field(default_factory=list)
     unparsed: list[dict[str, Any]] = field(default_factory=list)
     lines: list[Any] = field(default_factory=list)  # trackdelivery.store.types.MessageLine
@@ -223,6 +230,7 @@ class Pipeline:
         self.message_line = message_line
         self._watermarks: dict[str, list[Any]] = {}  # pending for the current record
         self._clocks: dict[str, float] = {}  # pending for the current record
+        self.trimmed_states = 0  # states cut down to MAX_STATE_BYTES at commit (bounded_state)
 
     # -- clocks and watermarks ----------------------------------------------------------------------------
 
@@ -302,6 +310,7 @@ class Pipeline:
             self._watermarks[watermark_key(server, file)] = [offset, position[1], position[2]]
             self._dead_letter(result, server, file, offset, raw_line.data, f"parser error: {type(error).__name__}")
             return
+        result.kinds[parsed.kind] = result.kinds.get(parsed.kind, 0) + 1
         if parsed.kind is LineKind.CONTINUATION:
             # continues the last timed line of the same file (which may have come in an earlier record)
             if parsed.time is None:
@@ -357,7 +366,12 @@ class Pipeline:
                 writes.append((key, None))
             else:
                 expires = message_expiry(state, self.grace_seconds, self.stale_seconds)
-                writes.append((key, encode_value(partition, expires, state)))
+                value = encode_value(partition, expires, state)
+                if len(value) > MAX_STATE_BYTES:  # a header is at most 32 bytes
+                    value = encode_value(partition, expires, bounded_state(state, MAX_STATE_BYTES - 32))
+                    self.trimmed_states += 1
+                    log.warning("message state %r over %d bytes: detail dropped to fit", key, MAX_STATE_BYTES)
+                writes.append((key, value))
         for key, position in self._watermarks.items():
             server = server_of(key)
             expires = self._clocks.get(server, self.clock(server)) + self.stale_seconds

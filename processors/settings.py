@@ -33,3 +33,14 @@ class ProcessorSettings(BaseSettings):
     session_timeout: float = Field(default=30.0, ge=6.0, description="consumer group session timeout, seconds")
     standby_replicas: int = Field(default=0, ge=0, description="faust table standby replicas")
     redis_retry_seconds: float = Field(default=1.0, gt=0, description="pause before retrying a failed output write")
+    stall_seconds: float = Field(
+        default=60.0, gt=0,
+        description="seconds without a record while an assigned raw partition has unread records before the "
+        "worker resumes its consumer; still stalled as long again: it exits with code 70 for its supervisor to "
+        "restart it (a crash loses nothing)",
+    )
+    output_timeout: float = Field(
+        default=60.0, gt=0,
+        description="seconds one output write (Redis, events and unparsed topics) may take before it is abandoned "
+        "and retried (outputs are idempotent); a stalled read of missed raw records is restarted after as long",
+    )

@@ -8,6 +8,25 @@ from collections.abc import Iterator
 from producers.tail.types import Chunk
 from trackdelivery.records import encode_batch, encode_block
 
+#: Largest record value: a broker's default message.max.bytes is 1 MiB, and it is checked after compression,
+#: so without compression (``--compression none``) a bigger record is refused ("Message size too large")
+#: and would be sent again forever. JSON escaping makes a control character 6 bytes (``\u001f``), so the
+#: 128-192 KiB of lines of one piece can encode to more than 1 MiB.
+MAX_RECORD_BYTES = 960 << 10
+
+
+def encode_pieces(server: str, chunk: Chunk, record_bytes: int,
+                  max_record_bytes: int = MAX_RECORD_BYTES) -> Iterator[tuple[Chunk, bytes]]:
+    """``(piece, record value)`` for the consecutive pieces of ``chunk`` (``split_chunk``); a piece whose
+    record is over ``max_record_bytes`` is split again with half the record size, down to single lines
+    (one line of up to max_line_bytes, 64 KiB, encodes to at most 384 KiB)."""
+    for piece in split_chunk(chunk, record_bytes):
+        value = encode_chunk(server, piece)
+        if len(value) > max_record_bytes and record_bytes > 1 and piece.line_count > 1:
+            yield from encode_pieces(server, piece, record_bytes // 2, max_record_bytes)
+        else:
+            yield piece, value
+
 
 def split_chunk(chunk: Chunk, record_bytes: int) -> Iterator[Chunk]:
     """Consecutive pieces of ``chunk``: the lines that start within ``record_bytes`` of a piece's first

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from producers.encoding import encode_chunk, split_chunk
+from producers.encoding import encode_pieces
 from producers.kafka import CONFIGURATION_ERRORS, KafkaError, KafkaException, Producer, discard, make_producer
 from producers.settings import ShipperSettings
 from producers.tail.fingerprint import FINGERPRINT_BYTES, GZIP_MAGIC, fingerprint_bytes
@@ -71,8 +71,7 @@ def replay_files(settings: ShipperSettings, paths: list[Path], progress: Progres
         key, topic, server = settings.server.encode(), settings.topic, settings.server
 
         def send(chunk: Chunk) -> None:
-            for piece in split_chunk(chunk, settings.record_bytes):
-                value = encode_chunk(server, piece)
+            for piece, value in encode_pieces(server, chunk, settings.record_bytes):
                 pending.wait_below_limit()
                 if fatal:
                     raise KafkaException(fatal[0])

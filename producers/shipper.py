@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
-from producers.encoding import encode_chunk, split_chunk
+from producers.encoding import encode_chunk, encode_pieces, split_chunk
 from producers.heartbeat import Heartbeat
 from producers.kafka import KafkaError, KafkaException, Producer, discard, make_producer
 from producers.settings import ShipperSettings
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 RECONNECT_BACKOFF_S = (0.5, 1.0, 2.0, 5.0)
 
-__all__ = ["Shipper", "encode_chunk", "split_chunk"]
+__all__ = ["Shipper", "encode_chunk", "encode_pieces", "split_chunk"]
 
 
 @dataclass(slots=True)
@@ -148,10 +148,10 @@ class Shipper:
             if not chunk.has_lines:  # start offset or end of a file: nothing to send, keep checkpoint order
                 self.checkpointer.ack(self.checkpointer.track(chunk))
                 continue
-            for piece in split_chunk(chunk, self.settings.record_bytes):
+            for piece, value in encode_pieces(server, chunk, self.settings.record_bytes):
                 count = piece.line_count
-                self._outbox.append(OutRecord(next(self._seq), encode_chunk(server, piece),
-                                              self.checkpointer.track(piece), count, piece.byte_size))
+                self._outbox.append(OutRecord(next(self._seq), value, self.checkpointer.track(piece), count,
+                                              piece.byte_size))
                 self._unsaved_bytes += piece.byte_size
                 lines += count
         self.metrics.lines_read.inc(lines)

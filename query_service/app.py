@@ -10,7 +10,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, PlainTextResponse, Response
 from fastapi.staticfiles import StaticFiles
-from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -20,6 +19,8 @@ from query_service.metrics import MetricsMiddleware, RequestMetrics
 from query_service.responses import OrjsonResponse
 from query_service.settings import QueryServiceSettings
 from query_service.tokens import TokenStore
+from trackdelivery import connections
+from trackdelivery.connections import AsyncRedisClient
 from trackdelivery.store import InvalidCursor, StoreError, StoreSettings
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -39,12 +40,10 @@ def store_prefix(settings: QueryServiceSettings) -> str:
     return store_settings(settings).prefix + ":"
 
 
-def redis_client(settings: QueryServiceSettings) -> Redis | RedisCluster:
-    timeout = settings.redis_timeout_seconds
-    if settings.redis_cluster:
-        return RedisCluster.from_url(settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    return Redis.from_url(
-        settings.redis_url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=30
+def redis_client(settings: QueryServiceSettings) -> AsyncRedisClient:
+    """The query store's client (a ``RedisCluster`` with ``REDIS_CLUSTER=true``), with the service's timeouts."""
+    return connections.redis_client(
+        settings.redis_settings(), timeout=settings.redis_timeout_seconds, health_check_interval=30
     )
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from trackdelivery.settings import RedisSettings
+
 
 class QueryServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TRACKDELIVERY_", frozen=True, populate_by_name=True)
@@ -13,7 +15,11 @@ class QueryServiceSettings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         validation_alias=AliasChoices("redis_url", "REDIS_URL", "TRACKDELIVERY_REDIS_URL"),
     )
-    redis_cluster: bool = Field(default=False, description="REDIS_URL points at a Redis Cluster")
+    redis_cluster: bool = Field(
+        default=False,
+        validation_alias=AliasChoices("redis_cluster", "REDIS_CLUSTER", "TRACKDELIVERY_REDIS_CLUSTER"),
+        description="REDIS_URL is one node of a Redis Cluster",
+    )
     key_prefix: str | None = Field(
         default=None,
         validation_alias=AliasChoices("key_prefix", "TRACKDELIVERY_STORE_PREFIX"),
@@ -33,3 +39,7 @@ class QueryServiceSettings(BaseSettings):
     )
     stream_heartbeat_seconds: float = Field(default=15.0, gt=0, description="SSE comment sent when idle")
     redis_timeout_seconds: float = Field(default=5.0, gt=0)
+
+    def redis_settings(self) -> RedisSettings:
+        """The shared Redis settings these name (``trackdelivery.connections`` builds the client from them)."""
+        return RedisSettings.model_construct(url=self.redis_url, cluster=self.redis_cluster)

@@ -3,6 +3,10 @@
 Order of choice: ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` from the environment, else local processes
 started once per session by the project's own dev tooling, else testcontainers when a Docker engine
 answers. A service that cannot be had is a test error (never a skip), in CI and locally alike.
+
+The Redis Cluster (``redis_cluster``, ``redis_cluster_factory``) is always started locally by the dev
+tooling (``RedisClusterServers``: six ``redis-server`` processes, 3 masters + 3 replicas): its tests kill
+nodes, so an outside cluster will not do.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import redis
 
 from trackdelivery.devenv.exceptions import DevEnvError
 from trackdelivery.devenv.kafka import KafkaBroker
-from trackdelivery.devenv.redis import RedisServer
+from trackdelivery.devenv.redis import RedisClusterServers, RedisServer
 from trackdelivery.topics import create_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -82,6 +86,41 @@ def redis_url(services_dir: Path) -> Iterator[str]:
         yield server.url
     finally:
         server.stop()
+
+
+def _start_cluster(workdir: Path) -> RedisClusterServers:
+    cluster = RedisClusterServers(workdir)
+    try:
+        cluster.start()
+    except DevEnvError as error:
+        pytest.fail(f"no Redis Cluster for the tests: {error}", pytrace=False)
+    return cluster
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(services_dir: Path) -> Iterator[RedisClusterServers]:
+    """A healthy local Redis Cluster (3 masters + 3 replicas) for the session; tests share it by key prefix
+    and must not kill its nodes (``redis_cluster_factory`` gives a private one)."""
+    cluster = _start_cluster(services_dir / "redis-cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_factory(tmp_path: Path) -> Iterator[Callable[[], RedisClusterServers]]:
+    """A private Redis Cluster the test may kill nodes of; always stopped at teardown."""
+    clusters: list[RedisClusterServers] = []
+
+    def start() -> RedisClusterServers:
+        cluster = _start_cluster(tmp_path / f"redis-cluster{len(clusters)}")
+        clusters.append(cluster)
+        return cluster
+
+    yield start
+    for cluster in clusters:
+        cluster.kill()
 
 
 @pytest.fixture

@@ -62,7 +62,7 @@ def test_make_demo_serves_live_data_and_stops_cleanly(tmp_path: Path) -> None:
             time.sleep(1)
         url, token = match["url"], match["token"]
         state = json.loads((dev_dir / "state.json").read_text())
-        service_pids = [state[name]["pid"] for name in ("kafka", "redis")]
+        service_pids = [node["pid"] for name in ("kafka", "redis") for node in state[name]["nodes"]]
         with urllib.request.urlopen(url, timeout=10) as page:
             assert b"<html" in page.read().lower()
         print(f"make demo: page up {time.monotonic() - started:.0f} s after the command")

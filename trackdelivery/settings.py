@@ -6,7 +6,8 @@ Kafka security (TLS, SASL) is set here once and turned into each client library'
 ``KafkaSettings.kafka_python_config()`` (kafka-python), ``aiokafka_config()`` (aiokafka) and
 ``faust_config()`` (faust). Redis needs no extra settings: the ACL user, password and TLS options all
 travel in ``REDIS_URL`` (``redis://user:password@host:6379/0``, ``rediss://...?ssl_ca_certs=/ca.pem``),
-which every component hands to redis-py's ``from_url``.
+which every component hands to redis-py's ``from_url`` (``trackdelivery.connections``); ``REDIS_CLUSTER``
+says it names one node of a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -163,6 +164,15 @@ class RedisSettings(BaseSettings):
         default="redis://127.0.0.1:6379/0",
         description="redis://[user:password@]host:port/db; rediss:// for TLS, with ssl_ca_certs=, ssl_certfile=, "
         "ssl_keyfile=, ssl_cert_reqs= query parameters",
+    )
+    cluster: bool = Field(default=False, description="REDIS_URL is one node of a Redis Cluster")
+    wait_replicas: int = Field(
+        default=0, ge=0,
+        description="writers wait until this many connected replicas of every master have acknowledged a write "
+        "before the source offset may be committed (1 with replicated Redis: a failover loses nothing committed)",
+    )
+    wait_replicas_timeout: float = Field(
+        default=10.0, gt=0, description="seconds to wait for the replicas before the write counts as failed (retried)"
     )
 
     @classmethod

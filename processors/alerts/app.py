@@ -272,14 +272,13 @@ async def _retrying(action: Callable[[Any], Any], argument: Any, what: str) -> N
 
 def _default_store(settings: AlertSettings, redis_settings: RedisSettings, metrics: AlertMetrics) -> Callable[[], Any]:
     def build() -> tuple[Any, Any]:
-        import redis.asyncio
-
         from processors.alerts.store import AlertStore
         from processors.alerts.webhooks import WebhookDispatcher
+        from trackdelivery.connections import redis_client
         from trackdelivery.store.types import StoreSettings
 
         prefix = StoreSettings().prefix
-        client = redis.asyncio.Redis.from_url(redis_settings.url)
+        client = redis_client(redis_settings)
         dispatcher = WebhookDispatcher(
             settings.webhooks(), redis=client, prefix=prefix,
             on_result=lambda url, outcome: metrics.webhooks.labels(outcome=outcome).inc(),

@@ -11,6 +11,8 @@ import zlib
 from collections.abc import Callable, Iterator, MutableMapping
 from typing import Any
 
+import orjson
+
 from processors.exim.reasons import HINTS, classify
 from processors.exim.retry import DEFAULT_RETRY_RULES, RetryRules
 from processors.exim.types import LineKind, ParsedLine
@@ -117,6 +119,43 @@ def _compact(event: DeliveryEvent, arrival: dict[str, Any]) -> dict[str, Any]:
 
 
 _EVENT_FIELDS = tuple(name for name in DeliveryEvent.__dataclass_fields__ if name != "retry")
+
+
+def bounded_state(state: dict[str, Any], limit: int) -> dict[str, Any]:
+    """``state`` itself when its JSON fits in ``limit`` bytes, else a smaller copy that does.
+
+    The stream processor writes each message state to its changelog as one Kafka record, which faust's
+    producer refuses above 1,000,000 bytes (and that failure crashes the worker on the same record at
+    every restart). Only a message with thousands of recipients, or very long addresses, gets near it.
+    Detail goes first: the events kept for re-emission, the host errors, the ``for`` list; then the
+    per-recipient data of the recipients seen last, whose next line starts over at attempt 1 (as beyond
+    MAX_RECIPIENTS); as a last resort, all but the arrival flag, the line count and the times. Events
+    are still emitted for every outcome line.
+    """
+    size = len(orjson.dumps(state))
+    if size <= limit:
+        return state
+    state = dict(state)
+    for name in (STORED, HOST_ERRORS, HOST_ERRORS_USED, LISTED):
+        if size <= limit:
+            return state
+        if state.pop(name, None) is not None:
+            size = len(orjson.dumps(state))
+    recipients = state.get(RECIPIENTS)
+    if size > limit and isinstance(recipients, dict) and recipients:
+        budget = limit - (size - len(orjson.dumps(recipients))) - 2
+        kept: dict[str, Any] = {}
+        for rkey, rstate in recipients.items():
+            item = len(orjson.dumps({rkey: rstate})) - 1  # '"key":{...},'
+            if item > budget:
+                break
+            kept[rkey] = rstate
+            budget -= item
+        state[RECIPIENTS] = kept
+        size = len(orjson.dumps(state))
+    if size > limit:
+        state = {name: state[name] for name in (ARRIVED, LINES, LAST_TIME, DONE) if name in state}
+    return state
 
 
 class Correlator:

@@ -10,13 +10,15 @@ counts twice.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time as clock
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 
 from trackdelivery.events import BLOCKED_AND_FAILED, DeliveryEvent, EventType
 from trackdelivery.store import codec
@@ -45,6 +47,11 @@ from trackdelivery.store.keys import (
 from trackdelivery.store.types import MessageLine, StoreSettings, WriteStats
 
 RedisClient = aioredis.Redis | aioredis.RedisCluster
+
+
+class ReplicationTimeout(RedisError):
+    """The replicas did not acknowledge a write in time (the caller retries the write: it is idempotent)."""
+
 Pipeline = aioredis.client.Pipeline | aioredis.cluster.ClusterPipeline
 
 _NO_OFFSET = b"\x00" * 4
@@ -92,9 +99,19 @@ def _index_value(keys: KeySpace, kind: Kind, raw: str, max_chars: int) -> tuple[
 
 
 class RedisWriter:
-    def __init__(self, client: RedisClient, settings: StoreSettings) -> None:
+    def __init__(
+        self, client: RedisClient, settings: StoreSettings, *, wait_replicas: int = 0,
+        wait_replicas_timeout: float = 10.0,
+    ) -> None:
+        """``wait_replicas``: after each write, wait until that many of every master's connected replicas
+        have acknowledged everything the master holds (Redis replicates asynchronously: a failover loses
+        what a replica had not received). A master with fewer replicas connected waits for those it has."""
         self.client = client
         self.settings = settings
+        self.wait_replicas = wait_replicas
+        self.wait_replicas_timeout = wait_replicas_timeout
+        self._replication_clients: dict[str, tuple[aioredis.Redis, bytes]] = {}
+        self._replicas_known: dict[str, tuple[int, float]] = {}
         self.keys = KeySpace(settings)
         self._expiry_sent: dict[bytes, float] = {}
         self.compression = codec.RecordCompression()
@@ -157,7 +174,99 @@ class RedisWriter:
         arrivals = [message for message in messages.values() if message.arrival_blob is not None]
         await self._load_dictionaries([item.old for item in prepared] + [message.old_arrival for message in arrivals])
         await self._settle(prepared, arrivals, stats)
+        if self.wait_replicas:
+            await self.wait_replicated()
         return stats
+
+    async def wait_replicated(self) -> None:
+        """Wait until ``wait_replicas`` connected replicas of every master have everything the master had
+        when called; raises ``ReplicationTimeout`` after ``wait_replicas_timeout``.
+
+        ``WAIT`` covers only writes made on its own connection, and a cluster client writes over one
+        connection per node. So, per master, one pipeline on a dedicated connection writes a marker key that
+        lives on that master, then ``WAIT``s: the marker's replication offset is past every earlier write
+        on the master, whoever made it, and ``WAIT`` makes the replicas acknowledge at once."""
+        deadline = clock.monotonic() + self.wait_replicas_timeout
+        nodes = await self._replication_nodes()
+        await asyncio.gather(*(self._wait_node(name, client, key, deadline) for name, (client, key) in nodes.items()))
+
+    async def _wait_node(self, name: str, client: aioredis.Redis, key: bytes, deadline: float) -> None:
+        try:
+            await self._wait_node_once(name, client, key, deadline)
+        except RedisError:
+            await self._drop_replication_client(name)  # a new connection next time (the node may be gone)
+            raise
+
+    async def _drop_replication_client(self, name: str) -> None:
+        entry = self._replication_clients.pop(name, None)
+        self._replicas_known.pop(name, None)
+        if entry is not None and entry[0] is not self.client:
+            with contextlib.suppress(RedisError, OSError):
+                await entry[0].aclose()
+
+    async def _wait_node_once(self, name: str, client: aioredis.Redis, key: bytes, deadline: float) -> None:
+        while True:
+            wanted = await self._replicas_wanted(name, client)
+            if wanted == 0:
+                return
+            remaining_ms = max(1, int((deadline - clock.monotonic()) * 1000))
+            pipe = client.pipeline(transaction=False)
+            pipe.set(key, b"1", px=60_000)
+            pipe.execute_command("WAIT", wanted, min(remaining_ms, 1000))
+            marker, acked = await pipe.execute(raise_on_error=False)
+            if isinstance(marker, Exception):  # MOVED: the slot map changed (failover); find the marker again
+                raise ReplicationTimeout(f"Redis master {name}: {marker}")
+            if int(acked) >= wanted:
+                return
+            self._replicas_known.pop(name, None)  # a replica may have gone: ask again
+            if clock.monotonic() >= deadline:
+                raise ReplicationTimeout(f"{acked} of {wanted} replicas of Redis master {name} acknowledged "
+                                         f"within {self.wait_replicas_timeout:.0f}s")
+
+    async def aclose(self) -> None:
+        """Close the connections the writer opened itself (the ``wait_replicas`` ones; not ``client``)."""
+        for name in list(self._replication_clients):
+            await self._drop_replication_client(name)
+
+    async def _replicas_wanted(self, name: str, client: aioredis.Redis) -> int:
+        """min(wait_replicas, replicas online now), re-read every few seconds."""
+        known = self._replicas_known.get(name)
+        if known is not None and clock.monotonic() - known[1] < 5.0:
+            return known[0]
+        info = await client.info("replication")
+        online = sum(
+            1 for key, value in info.items()
+            if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online"
+        )
+        wanted = min(self.wait_replicas, online)
+        self._replicas_known[name] = (wanted, clock.monotonic())
+        return wanted
+
+    async def _replication_nodes(self) -> dict[str, tuple[aioredis.Redis, bytes]]:
+        """A plain client on every master and a marker key whose slot that master serves."""
+        client = self.client
+        if not isinstance(client, aioredis.RedisCluster):
+            if "redis" not in self._replication_clients:
+                self._replication_clients["redis"] = (client, self.keys.prefix + b"ack")
+            return self._replication_clients
+        await client.initialize()  # no-op once the slot map is known
+        primaries = {node.name: node for node in client.get_primaries()}
+        for name in list(self._replication_clients):
+            if name not in primaries:
+                await self._drop_replication_client(name)
+        for name, node in primaries.items():
+            if name in self._replication_clients:
+                continue
+            for number in range(100_000):
+                key = self.keys.prefix + b"ack:%d" % number
+                owner = client.get_node_from_key(key.decode("latin-1"))
+                if owner is not None and owner.name == name:
+                    break
+            # the node's own connection settings (TLS, ACL user), in a pool of its own: WAIT needs its connection
+            pool = aioredis.ConnectionPool(connection_class=node.connection_class, max_connections=2,
+                                           **node.connection_kwargs)
+            self._replication_clients[name] = (aioredis.Redis.from_pool(pool), key)  # owns and closes the pool
+        return {name: self._replication_clients[name] for name in primaries}
 
     async def _store(
         self, prepared: list[_Prepared], messages: dict[bytes, _Message], lines: Sequence[MessageLine], now: float,
@@ -476,6 +585,15 @@ class RedisWriter:
                     keys.index(kind, bucket, part) for part in range(keys.partitions(kind) * SPLITS.get(kind, 1))
                 ]
         removed = 0
+        cluster = isinstance(self.client, aioredis.RedisCluster)
         for start in range(0, len(names), 1000):
-            removed += int(await self.client.unlink(*names[start : start + 1000]) or 0)
+            chunk = names[start : start + 1000]
+            if cluster:  # the keys sit in many slots: one UNLINK per key, pipelined per node
+                pipe = self.client.pipeline(transaction=False)
+                for name in chunk:
+                    # not pipe.unlink(): redis-py's cluster pipeline makes that a coroutine that queues nothing
+                    pipe.execute_command("UNLINK", name)
+                removed += sum(int(reply or 0) for reply in await pipe.execute())
+            else:
+                removed += int(await self.client.unlink(*chunk) or 0)
         return removed

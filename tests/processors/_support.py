@@ -223,11 +223,13 @@ def wait_caught_up(bootstrap: str, group: str, topic: str, workers: list[WorkerP
         time.sleep(0.5)
 
 
-def redis_dump(url: str, prefix: str) -> dict[bytes, tuple[bytes, Any]]:
-    """Every key under ``prefix:`` (the prefix removed) with its type and value; TTLs are ignored."""
-    import redis
+def redis_dump(url: str, prefix: str, *, cluster: bool = False) -> dict[bytes, tuple[bytes, Any]]:
+    """Every key under ``prefix:`` (the prefix removed) with its type and value; TTLs are ignored.
+    ``cluster``: ``url`` is a node of a Redis Cluster (the keys of every master are read)."""
+    from trackdelivery.connections import sync_redis_client
+    from trackdelivery.settings import RedisSettings
 
-    client = redis.Redis.from_url(url)
+    client = sync_redis_client(RedisSettings.model_construct(url=url, cluster=cluster))
     try:
         dump: dict[bytes, tuple[bytes, Any]] = {}
         head = prefix.encode() + b":"
@@ -276,13 +278,15 @@ async def write_reference(
     return results
 
 
-async def message_views(redis_url: str, prefix: str, messages: Iterable[tuple[str, str]]) -> dict[Any, Any]:
+async def message_views(
+    redis_url: str, prefix: str, messages: Iterable[tuple[str, str]], *, cluster: bool = False
+) -> dict[Any, Any]:
     """The query service's view of every message: its decoded events, transcript and arrival data."""
-    import redis.asyncio
-
     from query_service.search import DeliverySearch
+    from trackdelivery.connections import redis_client
+    from trackdelivery.settings import RedisSettings
 
-    client = redis.asyncio.Redis.from_url(redis_url)
+    client = redis_client(RedisSettings.model_construct(url=redis_url, cluster=cluster))
     try:
         search = DeliverySearch(client, StoreSettings(prefix=prefix))
         views: dict[tuple[str, str], Any] = {}
@@ -298,12 +302,12 @@ async def message_views(redis_url: str, prefix: str, messages: Iterable[tuple[st
         await client.aclose()
 
 
-def store_structure(redis_url: str, prefix: str) -> dict[bytes, Any]:
+def store_structure(redis_url: str, prefix: str, *, cluster: bool = False) -> dict[bytes, Any]:
     """Every key of the store with its value, except what legitimately differs between two writers of the
     same events: record blobs (compressed with a dictionary each writer trains on its own samples) are
     reduced to their field names, the dictionaries left out, transcripts de-duplicated (as the reader does)."""
     structure: dict[bytes, Any] = {}
-    for key, (kind, value) in redis_dump(redis_url, prefix).items():
+    for key, (kind, value) in redis_dump(redis_url, prefix, cluster=cluster).items():
         if key.startswith(b"dict:"):
             continue
         if kind == b"string":
@@ -317,10 +321,10 @@ def store_structure(redis_url: str, prefix: str) -> dict[bytes, Any]:
     return structure
 
 
-def answers_of(redis_url: str, prefix: str, results: Iterable[BatchResult]) -> dict[str, Any]:
+def answers_of(redis_url: str, prefix: str, results: Iterable[BatchResult], *, cluster: bool = False) -> dict[str, Any]:
     """The store as the query service sees it (message views) plus its exact structure (indexes, stats)."""
     messages = {(event.server, event.msgid) for result in results for event in result.events if event.msgid}
     return {
-        "messages": asyncio.run(message_views(redis_url, prefix, messages)),
-        "structure": store_structure(redis_url, prefix),
+        "messages": asyncio.run(message_views(redis_url, prefix, messages, cluster=cluster)),
+        "structure": store_structure(redis_url, prefix, cluster=cluster),
     }

@@ -200,6 +200,66 @@ def test_state_expires_on_the_servers_log_clock_and_the_sweep_only_drops_what_re
     assert len(pipeline.expired_keys(pipeline.backing.items())) == 2
 
 
+def test_a_message_with_thousands_of_recipients_stays_within_one_changelog_record() -> None:
+    """Found by bench/badinput.py: 5000 deferred recipients with long addresses made a 1.5 MB state, which
+    faust's producer refused (over 1,000,000 bytes); the worker crashed on that record at every restart."""
+    from processors.pipeline import MAX_STATE_BYTES
+
+    msgid = "1vAbCd-00000000042-0042"
+    domain = ".".join(f"d{i}{'x' * 50}" for i in range(3)) + ".example"
+    addresses = [f"{'r' * 50}{i:05d}@{domain}" for i in range(5000)]
+    lines = [f"2025-03-10 10:00:00 {msgid} <= news@example.com H=(pc) [198.51.100.7]:4711 P=esmtpsa S=4096 "
+             f"for {' '.join(addresses[:1000])}".encode()]
+    lines += [f"2025-03-10 10:00:01 {msgid} == {address} R=dnslookup T=remote_smtp defer (-44) H=mx.example.net "
+              f"[192.0.2.25]: SMTP error from remote mail server after RCPT TO:<{address}>: 451 4.7.1 Greylisted"
+              .encode() for address in addresses]
+    lines.append(f"2025-03-10 10:30:00 {msgid} == {addresses[0]} R=dnslookup T=remote_smtp defer (-44) H=mx.example"
+                 f".net [192.0.2.25]: SMTP error from remote mail server after RCPT TO:<{addresses[0]}>: 451 again"
+                 .encode())
+    offsets = [0]
+    for line in lines[:-1]:
+        offsets.append(offsets[-1] + len(line) + 1)
+    end = offsets[-1] + len(lines[-1]) + 1
+    records = [encode_batch("srv", "f", "p", offsets[i:i + 300], lines[i:i + 300],
+                            offsets[i + 300] if i + 300 < len(lines) else end) for i in range(0, len(lines), 300)]
+
+    pipeline = offline_pipeline()
+    events, largest = [], 0
+    for record in records:
+        result = pipeline.process(record)
+        events.extend(result.events)
+        writes = pipeline.commit(result.partition)
+        largest = max(largest, *(len(value) for _, value in writes if value is not None))
+        pipeline.apply(writes)
+
+    assert largest <= MAX_STATE_BYTES
+    assert pipeline.trimmed_states > 0
+    deferred = [event for event in events if event.type is EventType.DEFERRED]
+    assert len(deferred) == 5001  # an event for every outcome line, trimmed or not
+    assert {event.recipient for event in deferred} == set(addresses)
+    assert all(event.sender == "news@example.com" for event in deferred)  # the arrival data stays
+    assert deferred[-1].retry.attempt == 2  # the recipients seen first keep their retry state
+
+
+def test_bounded_state_drops_detail_before_recipients_and_always_fits() -> None:
+    from processors.exim.correlator import ARRIVED, LAST_TIME, LISTED, RECIPIENTS, STORED, bounded_state
+
+    recipients = {f"user{i}@example.com": {"n": 1, "h": [i]} for i in range(100)}
+    state = {ARRIVED: 1, LAST_TIME: 5.0, STORED: [{"x": "y" * 2000}], LISTED: ["a@b"] * 50, RECIPIENTS: recipients}
+    assert bounded_state(state, 1 << 20) is state
+    size = len(orjson.dumps(state))
+
+    without_stored = bounded_state(state, size - 1000)
+    assert STORED not in without_stored and without_stored[RECIPIENTS] == recipients
+    assert state[STORED]  # the original is not changed
+
+    for limit in (3000, 1000, 200, 10):
+        smaller = bounded_state(state, limit)
+        assert len(orjson.dumps(smaller)) <= max(limit, len(orjson.dumps({ARRIVED: 1, LAST_TIME: 5.0})))
+        kept = list(smaller.get(RECIPIENTS, {}))
+        assert kept == list(recipients)[: len(kept)]  # the first seen are kept
+
+
 def test_pipeline_accepts_a_custom_parser_and_survives_its_crashes() -> None:
     def broken_parse(raw: bytes, **_: object):
         raise RuntimeError("boom")

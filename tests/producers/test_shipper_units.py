@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from producers.encoding import MAX_RECORD_BYTES, encode_pieces
 from producers.kafka import producer_config
 from producers.settings import ShipperSettings
 from producers.shipper import encode_chunk, split_chunk
@@ -57,6 +58,27 @@ def test_a_block_splits_like_the_same_lines_as_lists():
             assert [piece.line_count for piece in blocks] == [len(piece.lines) for piece in listed]
             assert [decode_batch(encode_chunk("mx1", piece)) for piece in blocks] == [
                 decode_batch(encode_chunk("mx1", piece)) for piece in listed]
+
+
+def test_records_stay_under_a_brokers_message_size_even_when_json_escaping_grows_them():
+    """Found by bench/badinput.py: three 65,000-byte lines of control characters are one 195 KB piece, which
+    JSON escaping made a 1,065,945-byte record; without compression the broker refused it (over its 1 MiB
+    message.max.bytes) and the shipper would have sent it again forever."""
+    controls = bytes(c for c in range(1, 32) if c != 0x0A)
+    lines = [b"2026-11-26 01:00:00 before"] + [controls * (65_000 // len(controls))] * 3 + [b"after", b"\x00" * 9]
+    for chunk in (block_of(lines, start=0, final=True), chunk_of(lines, start=0, final=True, truncated=[27])):
+        assert max(len(encode_chunk("mx1", piece)) for piece in split_chunk(chunk, 128 << 10)) > 1 << 20
+        pieces = list(encode_pieces("mx1", chunk, 128 << 10))
+        assert all(len(value) <= MAX_RECORD_BYTES for _, value in pieces)
+        assert all(value == encode_chunk("mx1", piece) for piece, value in pieces)
+        decoded = [line for _, value in pieces for line in decode_batch(value)]
+        assert [(line.offset, line.data, line.truncated) for line in decoded] == [
+            (offset, line, offset in chunk.truncated) for offset, line in zip(chunk.offsets, lines, strict=True)]
+        assert all(piece.end == after.start for (piece, _), (after, _) in itertools.pairwise(pieces))
+        assert [piece.final for piece, _ in pieces] == [False] * (len(pieces) - 1) + [True]
+    # ordinary lines are not split further than split_chunk does
+    plain = block_of([b"x" * 100] * 5000, start=0)
+    assert [piece for piece, _ in encode_pieces("mx1", plain, 128 << 10)] == list(split_chunk(plain, 128 << 10))
 
 
 def test_a_block_knows_its_lines_offsets_and_size():

@@ -18,16 +18,28 @@ def dev() -> None:
 
 @dev.command()
 @click.option("--partitions", default=8, show_default=True, help="Partitions of the pipeline's topics.")
+@click.option("--brokers", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="Kafka nodes (KRaft, each broker and controller); topics get replication factor min(3, N) "
+              "and min.insync.replicas = replication - 1.")
+@click.option("--redis-cluster", is_flag=True, help="A Redis Cluster of 3 masters + 3 replicas instead of one Redis.")
 @click.option("--fresh", is_flag=True, help="Throw away the previous data first.")
-def up(partitions: int, fresh: bool) -> None:
+def up(partitions: int, brokers: int, redis_cluster: bool, fresh: bool) -> None:
     """Start Kafka and Redis (if not running), create the topics, print how to reach them."""
     try:
-        kafka, redis_server = DevServices().up(partitions=partitions, fresh=fresh)
+        kafka, redis = DevServices().up(partitions=partitions, fresh=fresh, brokers=brokers,
+                                        redis_cluster=redis_cluster)
     except DevEnvError as error:
         raise click.ClickException(str(error)) from error
-    click.echo(f"Kafka  {kafka.bootstrap}  (pid {kafka.pid}, data {kafka.workdir})")
-    click.echo(f"Redis  {redis_server.url}  (pid {redis_server.pid})")
-    click.echo(f"export KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap} REDIS_URL={redis_server.url}")
+    for number, broker in enumerate(kafka.brokers, start=1):
+        click.echo(f"Kafka  {broker.bootstrap}  (node {number}, pid {broker.pid}, data {broker.workdir})")
+    for node in redis.nodes:
+        click.echo(f"Redis  {node.url}  (pid {node.pid})")
+    exports = f"export KAFKA_BOOTSTRAP_SERVERS={kafka.bootstrap} REDIS_URL={redis.url}"
+    if kafka.replication > 1:
+        exports += f" KAFKA_REPLICATION_FACTOR={kafka.replication}"
+    if redis.cluster:
+        exports += " REDIS_CLUSTER=true REDIS_WAIT_REPLICAS=1"
+    click.echo(exports)
 
 
 @dev.command()

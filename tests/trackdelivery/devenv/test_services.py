@@ -118,3 +118,56 @@ def test_dev_up_status_down_leaves_no_process(tmp_path: Path) -> None:
     assert not any(pid_alive(pid) for pid in pids)
     assert not port_open("127.0.0.1", states["kafka"]["port"])
     assert run("status").stdout.startswith("not running")
+
+
+@pytest.mark.slow
+def test_dev_up_a_three_broker_cluster_and_a_redis_cluster_that_survive_kills(tmp_path: Path) -> None:
+    import os
+    import signal
+
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from trackdelivery.devenv.redis import parse_cluster_nodes
+
+    env = {**os.environ, "TRACKDELIVERY_DEV_DIR": str(tmp_path / "dev")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "trackdelivery", "dev", *args], capture_output=True, text=True,
+                              timeout=300, env=env, check=False)
+
+    up = run("up", "--brokers", "3", "--redis-cluster", "--partitions", "3")
+    assert up.returncode == 0, up.stderr
+    assert "KAFKA_REPLICATION_FACTOR=3" in up.stdout and "REDIS_CLUSTER=true" in up.stdout
+    try:
+        states = {s["name"]: s for s in orjson.loads(run("status", "--json").stdout)}
+        assert sorted(states) == ["kafka1", "kafka2", "kafka3", *(f"redis{n}" for n in range(1, 7))]
+        assert all(s["running"] and s["answering"] for s in states.values())
+        bootstrap = ",".join(states[f"kafka{n}"]["address"] for n in (1, 2, 3))
+        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+        try:
+            raw = admin.describe_topics(["exim.mainlog.raw"])[0]["partitions"]
+            assert len(raw) == 3 and all(len(p["replica_nodes"]) == 3 for p in raw)
+            admin.create_topics([NewTopic("probe", 1, 3)])
+        finally:
+            admin.close()
+        cluster = redis.RedisCluster(host="127.0.0.1", port=states["redis1"]["port"])
+        assert cluster.set("k", "v") and cluster.get("k") == b"v"
+        cluster.close()
+        node = redis.Redis(port=states["redis1"]["port"])
+        shape = parse_cluster_nodes(node.execute_command("CLUSTER", "NODES", NEVER_DECODE=True).decode())
+        node.close()
+        assert sum(info.is_master for info in shape) == 3 and sum(not info.is_master for info in shape) == 3
+
+        # a killed broker and a killed Redis node come back on their ports with `dev up`
+        for name in ("kafka2", "redis4"):
+            os.kill(states[name]["pid"], signal.SIGKILL)
+        assert run("up", "--brokers", "3", "--redis-cluster").returncode == 0
+        again = {s["name"]: s for s in orjson.loads(run("status", "--json").stdout)}
+        assert all(s["running"] and s["answering"] for s in again.values())
+        assert {n: s["port"] for n, s in again.items()} == {n: s["port"] for n, s in states.items()}
+        refused = run("up")  # another shape while this one runs
+        assert refused.returncode != 0 and "dev down" in refused.stderr
+    finally:
+        down = run("down")
+    assert down.returncode == 0 and "kafka" in down.stdout and "redis" in down.stdout
+    assert not any(pid_alive(s["pid"]) for s in again.values())

@@ -1,0 +1,146 @@
+"""The processor's watchdog: an idle worker whose raw partitions hold unread records is resumed, and exits
+for its supervisor when that does not help; a busy or caught-up worker is left alone."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from processors import agents
+from processors.agents import EXIT_STALLED, RecordProcessor
+from processors.metrics import ProcessorMetrics
+from processors.pipeline import NEVER, encode_value
+from processors.settings import ProcessorSettings
+from trackdelivery.settings import TopicNames
+
+RAW = TopicNames().raw
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass
+class FakeConsumer:
+    highwater: dict[TP, int]
+    resumed: list[TP] = field(default_factory=list)
+    flow_resumed: int = 0
+
+    def assignment(self) -> set[TP]:
+        return set(self.highwater) | {TP("some-changelog", 0)}
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        return {tp: self.highwater[tp] for tp in tps}
+
+    def resume_partitions(self, tps: list[TP]) -> None:
+        self.resumed.extend(tps)
+
+    def resume_flow(self) -> None:
+        self.flow_resumed += 1
+
+
+@dataclass
+class FakeFlow:
+    resumed: int = 0
+
+    def resume(self) -> None:
+        self.resumed += 1
+
+
+@dataclass
+class FakeApp:
+    consumer: FakeConsumer
+    flow_control: FakeFlow = field(default_factory=FakeFlow)
+
+
+def processor(consumer: FakeConsumer, next_offsets: dict[int, int]) -> RecordProcessor:
+    table: dict[str, Any] = {
+        agents.next_offset_key(partition): encode_value(partition, NEVER, offset)
+        for partition, offset in next_offsets.items()
+    }
+    return RecordProcessor(
+        FakeApp(consumer), table, pipeline=None, topics=TopicNames(),  # type: ignore[arg-type]
+        settings=ProcessorSettings(stall_seconds=60.0), metrics=ProcessorMetrics(), redis_writer=None,
+        bootstrap_servers="127.0.0.1:9",
+    )
+
+
+class Exited(Exception):
+    pass
+
+
+@pytest.fixture
+def exits(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    codes: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        codes.append(code)
+        raise Exited(code)
+
+    monkeypatch.setattr(agents.os, "_exit", fake_exit)
+    return codes
+
+
+async def test_a_stalled_worker_is_resumed_then_exits_for_its_supervisor(exits: list[int]) -> None:
+    consumer = FakeConsumer({TP(RAW, 0): 120, TP(RAW, 1): 40})
+    worker = processor(consumer, {0: 100, 1: 40})
+    await worker.watchdog()  # progress is recent: nothing
+    assert consumer.resumed == [] and exits == []
+
+    worker._last_progress = time.monotonic() - 61
+    await worker.watchdog()
+    assert consumer.resumed == [TP(RAW, 0)] and consumer.flow_resumed == 1  # only the partition behind
+    assert worker.app.flow_control.resumed == 1 and exits == []
+
+    await worker.watchdog()  # resumed just now: it gets another stall period
+    assert exits == []
+    worker._last_progress = time.monotonic() - 61
+    with pytest.raises(Exited):
+        await worker.watchdog()
+    assert exits == [EXIT_STALLED]
+
+
+async def test_a_caught_up_or_busy_worker_is_left_alone(exits: list[int]) -> None:
+    consumer = FakeConsumer({TP(RAW, 0): 100})
+    caught_up = processor(consumer, {0: 100})
+    caught_up._last_progress = time.monotonic() - 600
+    await caught_up.watchdog()
+    await caught_up.watchdog()
+    assert consumer.resumed == [] and exits == []
+
+    behind = FakeConsumer({TP(RAW, 0): 500})
+    busy = processor(behind, {0: 100})
+    busy._last_progress = time.monotonic() - 600
+    busy._handling = True  # e.g. retrying a Redis write for minutes: not a stall of the consumer
+    await busy.watchdog()
+    assert behind.resumed == [] and exits == []
+
+
+async def test_progress_after_a_resume_starts_the_count_again(exits: list[int]) -> None:
+    consumer = FakeConsumer({TP(RAW, 0): 120})
+    worker = processor(consumer, {0: 100})
+    worker._last_progress = time.monotonic() - 61
+    await worker.watchdog()
+    assert worker._stall_strikes == 1
+
+    class Message:
+        partition, offset, value, tp = 0, 100, None, TP(RAW, 0)
+
+    class Event:
+        message = Message()
+
+    async def handled(partition: int, offset: int, value: bytes | None) -> None:
+        worker._next_offsets[partition] = offset + 1
+
+    worker._handle_record = handled  # type: ignore[method-assign]
+    worker._observe_lag = lambda tp, offset: None  # type: ignore[method-assign]
+    await worker.handle(Event())  # type: ignore[arg-type]
+    assert worker._stall_strikes == 0
+    worker._last_progress = time.monotonic() - 61
+    await worker.watchdog()  # a new stall: resumed again, not exited
+    assert exits == [] and consumer.flow_resumed == 2
