@@ -77,11 +77,13 @@ class RecordProcessor:
         self._sweep_counts: dict[int, int] = {}
         self._last_progress = time.monotonic()
         self._handling = False
+        self._beat = time.monotonic()  # the agent's last sign of life inside a record (every wait is bounded)
         self._stall_strikes = 0
 
     async def handle(self, event: EventT) -> None:
         message = event.message
         self._handling = True
+        self._beat = time.monotonic()
         try:
             expected = self._next_offset(message.partition)
             if expected is not None and message.offset > expected:
@@ -98,7 +100,16 @@ class RecordProcessor:
         on partitions it owns (its flow or the partitions stay paused). After ``stall_seconds`` of that the
         consumer is resumed; still stalled after as long again, the worker exits with ``EXIT_STALLED`` so
         that its supervisor restarts it (a crash at any point loses nothing: docs/guarantees.md)."""
-        if self._handling or time.monotonic() - self._last_progress < self.settings.stall_seconds:
+        if self._handling:
+            stuck = time.monotonic() - self._beat
+            if stuck > self.settings.output_timeout + self.settings.stall_seconds:
+                # every wait inside a record is bounded by output_timeout: this one is not coming back
+                log.error("stuck inside a record for %.0fs: exiting with %d so the supervisor restarts the worker",
+                          stuck, EXIT_STALLED)
+                logging.shutdown()
+                os._exit(EXIT_STALLED)
+            return
+        if time.monotonic() - self._last_progress < self.settings.stall_seconds:
             return
         behind = await self._unread_partitions()
         if not behind:
@@ -195,6 +206,7 @@ class RecordProcessor:
             consumer.assign([partition])
             consumer.seek(partition, start)
             while position < end:
+                self._beat = time.monotonic()
                 batches = await consumer.getmany(partition, timeout_ms=2000, max_records=500)
                 messages = [m for m in batches.get(partition, []) if m.offset < end]
                 if not batches:
@@ -223,6 +235,7 @@ class RecordProcessor:
             return
         failures = 0
         while True:
+            self._beat = time.monotonic()
             try:
                 timeout = self.settings.output_timeout
                 if result.events or result.lines:

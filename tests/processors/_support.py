@@ -211,9 +211,15 @@ def committed_behind(bootstrap: str, group: str, topic: str) -> int:
 
 
 def wait_caught_up(bootstrap: str, group: str, topic: str, workers: list[WorkerProcess], timeout: float = 150) -> None:
+    """Until the group committed everything; a worker whose watchdog exits with EXIT_STALLED is started
+    again, as its supervisor would (any other exit fails)."""
+    from processors.agents import EXIT_STALLED
+
     deadline = time.monotonic() + timeout
     while True:
         for worker in workers:
+            if worker.process is not None and worker.process.poll() == EXIT_STALLED:
+                worker.start()
             if not worker.alive:
                 raise AssertionError(f"worker exited early:\n{worker.log_tail()}")
         if committed_behind(bootstrap, group, topic) == 0:

@@ -144,3 +144,16 @@ async def test_progress_after_a_resume_starts_the_count_again(exits: list[int]) 
     worker._last_progress = time.monotonic() - 61
     await worker.watchdog()  # a new stall: resumed again, not exited
     assert exits == [] and consumer.flow_resumed == 2
+
+
+async def test_a_worker_stuck_inside_a_record_exits_for_its_supervisor(exits: list[int]) -> None:
+    consumer = FakeConsumer({TP(RAW, 0): 500})
+    worker = processor(consumer, {0: 100})
+    worker._handling = True
+    worker._beat = time.monotonic() - 100  # a retry or a direct read would have beaten within output_timeout
+    await worker.watchdog()  # 100 s < output_timeout (60) + stall_seconds (60): still waiting
+    assert exits == []
+    worker._beat = time.monotonic() - 121
+    with pytest.raises(Exited):
+        await worker.watchdog()
+    assert exits == [EXIT_STALLED] and consumer.resumed == []
