@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PYTEST_ARGS ?=
 
-.PHONY: install system-deps kafka-jars lint format test bench demo dev-up dev-down clean lock config-docs
+.PHONY: install system-deps kafka-jars lint format test test-chaos bench demo dev-up dev-down clean lock config-docs
 
 install: system-deps $(VENV)/.installed kafka-jars
 
@@ -48,6 +48,9 @@ config-docs: install
 
 test: install
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-chaos: install
+	$(BIN)/pytest -m chaos $(PYTEST_ARGS)
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

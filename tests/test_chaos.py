@@ -13,7 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
+pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow, pytest.mark.chaos]
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "chaos.py"
 
