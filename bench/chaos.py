@@ -44,6 +44,9 @@ import orjson
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+
+from scale import generate as generate_logs  # noqa: E402
 
 from processors.agents import EXIT_STALLED  # noqa: E402
 from producers.tail import Checkpointer  # noqa: E402
@@ -69,17 +72,10 @@ def log(message: str) -> None:
 
 
 def generate(out: Path, servers: int, messages: int, seed: int, days: float) -> dict[str, list[bytes]]:
-    """Lines of each server's generated log (truth.jsonl beside them), ending about now."""
-    from trackdelivery.generator.runner import FleetRun, GenerateConfig
-
-    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(days=days + 0.1)
-    run = FleetRun(GenerateConfig(servers=servers, messages=messages, out=out, seed=seed, days=days, start=start,
-                                  incidents=()))
-    try:
-        run.run()
-    finally:
-        run.close()
-    return {path.parent.name: path.read_bytes().splitlines() for path in sorted(out.glob("*/exim_mainlog"))}
+    """Lines of each server's generated log (truth.jsonl beside them), ending 0.1 day before now."""
+    end = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(days=0.1)
+    return {path.parent.name: path.read_bytes().splitlines()
+            for path in generate_logs(out, servers, messages, seed, days, end)}
 
 
 @dataclass
