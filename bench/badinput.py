@@ -686,6 +686,10 @@ class SuiteResult:
         return int(metrics.get("trackdelivery_processor_lines_total", 0)
                    - metrics.get("trackdelivery_processor_duplicate_lines_total", 0))
 
+    @property
+    def trimmed_states(self) -> int:
+        return int(self.worker_metrics.get("trackdelivery_processor_trimmed_states_total", 0))
+
     def processor_kinds(self) -> Counter[str]:
         kinds: Counter[str] = Counter()
         for name, value in self.worker_metrics.items():
@@ -1001,7 +1005,8 @@ def report(result: SuiteResult) -> str:
     keys = sum(value for name, value in result.worker_metrics.items()
                if name.startswith("trackdelivery_processor_table_keys{"))
     lines.append(f"  worker state: {keys:,.0f} table keys at its last full sweep (one a minute), "
-                 f"{result.worker_metrics.get('trackdelivery_processor_released_keys_total', 0):,.0f} released")
+                 f"{result.worker_metrics.get('trackdelivery_processor_released_keys_total', 0):,.0f} released, "
+                 f"{result.trimmed_states:,.0f} message states trimmed to fit a changelog record")
     if result.redis_peak_mib is not None:
         lines.append(f"  redis    used_memory_peak {result.redis_peak_mib:.0f} MiB")
     if result.process_seconds:

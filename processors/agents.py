@@ -28,6 +28,7 @@ from processors.pipeline import (
     encode_unparsed,
     encode_value,
     event_key,
+    record_seconds,
 )
 from processors.settings import ProcessorSettings
 from trackdelivery.settings import KafkaSettings, TopicNames, as_kafka_settings
@@ -88,7 +89,7 @@ class RecordProcessor:
             expected = self._next_offset(message.partition)
             if expected is not None and message.offset > expected:
                 await self._fill_hole(message.tp, expected, message.offset)
-            await self._handle_record(message.partition, message.offset, message.value)
+            await self._handle_record(message.partition, message.offset, message.value, message.timestamp)
         finally:
             self._handling = False
             self._last_progress = time.monotonic()
@@ -152,13 +153,15 @@ class RecordProcessor:
                 behind.append((tp, next_offset, highwater))
         return behind
 
-    async def _handle_record(self, partition: int, offset: int, value: bytes | None) -> None:
-        result = self.pipeline.process(value, partition)
+    async def _handle_record(self, partition: int, offset: int, value: bytes | None,
+                             shipped_at: float | None) -> None:
+        result = self.pipeline.process(value, partition, shipped_at)
         try:
             await self._write_outputs(result, partition)
         except BaseException:
             self.pipeline.discard()  # cancelled (shutdown): the record is processed again on restart
             raise
+        trimmed_before = self.pipeline.trimmed_states
         for key, encoded in self.pipeline.commit(partition):
             if encoded is not None:
                 self.table[key] = encoded
@@ -168,6 +171,7 @@ class RecordProcessor:
         self._next_offsets[partition] = next_offset
         self.table[next_offset_key(partition)] = encode_value(partition, NEVER, next_offset)
         self.metrics.observe(result)
+        self.metrics.trimmed_states.inc(self.pipeline.trimmed_states - trimmed_before)
         self._sweep(partition)
 
     def _next_offset(self, partition: int) -> int | None:
@@ -218,7 +222,8 @@ class RecordProcessor:
                         return position
                     continue
                 for record in messages:
-                    await self._handle_record(tp.partition, record.offset, record.value)
+                    shipped_at = record_seconds(record.timestamp)
+                    await self._handle_record(tp.partition, record.offset, record.value, shipped_at)
                     self.metrics.refetched.inc()
                 position = max(position, await consumer.position(partition))
                 stalled_since = time.monotonic()

@@ -46,6 +46,10 @@ class ProcessorMetrics:
         self.released = Counter(
             "trackdelivery_processor_released_keys", "state keys dropped after their expiry", registry=r
         )
+        self.trimmed_states = Counter(
+            "trackdelivery_processor_trimmed_states",
+            "message states cut down to fit one changelog record (detail dropped)", registry=r,
+        )
         self.table_keys = Gauge(
             "trackdelivery_processor_table_keys", "state keys per partition at the last sweep", ["partition"],
             registry=r,

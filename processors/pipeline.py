@@ -38,6 +38,10 @@ MAX_REASON_CHARS = 512
 # (producer_max_request_size), and a refused changelog write crashes the worker on that record every time.
 MAX_STATE_BYTES = 900_000
 NEVER = 1e18  # expires_at of keys that are never dropped (the server clocks)
+# How far a line's time may run ahead of the moment its record was shipped and still move its server's
+# clock: time-zone mistakes stay within a day, a corrupt year does not. A line dated beyond it is kept
+# as it is, but the server's clock (which decides when state is stale) stops at the limit.
+MAX_CLOCK_LEAD = 86400.0
 
 WATERMARK_PREFIX = "#w:"  # Exim message ids never start with '#'
 CLOCK_MSGID = "#c"
@@ -109,13 +113,22 @@ def watermark_key(server: str, file: str) -> str:
     return state_key(server, WATERMARK_PREFIX + file)
 
 
+def record_seconds(timestamp_ms: int | None) -> float | None:
+    """A Kafka record timestamp (milliseconds, as aiokafka gives it) in seconds."""
+    return None if timestamp_ms is None or timestamp_ms <= 0 else timestamp_ms / 1000.0
+
+
 def clock_key(server: str) -> str:
     return state_key(server, CLOCK_MSGID)
 
 
-def message_expiry(state: dict[str, Any], grace_seconds: float, stale_seconds: float) -> float:
-    """The log time after which ``Correlator.release`` would drop this message state."""
+def message_expiry(state: dict[str, Any], grace_seconds: float, stale_seconds: float,
+                   clock: float | None = None) -> float:
+    """The log time after which ``Correlator.release`` would drop this message state. A last line dated
+    beyond the server's ``clock`` (held back by MAX_CLOCK_LEAD) counts as seen at the clock."""
     last = state.get(correlation.LAST_TIME)
+    if isinstance(last, int | float) and clock is not None:
+        last = min(last, clock)
     expires = float(last) + stale_seconds if isinstance(last, int | float) else NEVER
     done = state.get(correlation.DONE)
     if done and isinstance(done, int | float):
@@ -231,6 +244,7 @@ class Pipeline:
         self._watermarks: dict[str, list[Any]] = {}  # pending for the current record
         self._clocks: dict[str, float] = {}  # pending for the current record
         self.trimmed_states = 0  # states cut down to MAX_STATE_BYTES at commit (bounded_state)
+        self._clock_ceiling = NEVER  # of the record being processed (process)
 
     # -- clocks and watermarks ----------------------------------------------------------------------------
 
@@ -269,9 +283,14 @@ class Pipeline:
 
     # -- processing ------------------------------------------------------------------------------------------
 
-    def process(self, value: bytes | None, partition: int = 0) -> BatchResult:
-        """Everything one raw-topic record produces. State changes wait in the overlay for ``commit``."""
+    def process(self, value: bytes | None, partition: int = 0, shipped_at: float | None = None) -> BatchResult:
+        """Everything one raw-topic record produces. State changes wait in the overlay for ``commit``.
+
+        ``shipped_at`` is the record's Kafka timestamp (seconds): no line moves its server's clock more
+        than MAX_CLOCK_LEAD beyond it. Rebuild replays the same timestamps, so it drops the same state.
+        """
         self.discard()
+        self._clock_ceiling = NEVER if shipped_at is None or shipped_at <= 0 else shipped_at + MAX_CLOCK_LEAD
         result = BatchResult(partition=partition)
         try:
             raw_lines = decode_batch(value or b"")
@@ -323,7 +342,7 @@ class Pipeline:
         else:
             self._watermarks[watermark_key(server, file)] = [offset, position[1], position[2]]
         if parsed.time is not None and parsed.time > clock:
-            clock = parsed.time
+            clock = max(clock, min(parsed.time, self._clock_ceiling))
         self._clocks[server] = clock
         if parsed.kind is LineKind.UNKNOWN:
             reason = parsed.detail or "not understood"
@@ -365,7 +384,8 @@ class Pipeline:
             if state is None:
                 writes.append((key, None))
             else:
-                expires = message_expiry(state, self.grace_seconds, self.stale_seconds)
+                expires = message_expiry(state, self.grace_seconds, self.stale_seconds,
+                                         self.clock(server_of(key)))
                 value = encode_value(partition, expires, state)
                 if len(value) > MAX_STATE_BYTES:  # a header is at most 32 bytes
                     value = encode_value(partition, expires, bounded_state(state, MAX_STATE_BYTES - 32))

@@ -16,7 +16,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from processors.pipeline import Pipeline
+from processors.pipeline import Pipeline, record_seconds
 from trackdelivery.settings import KafkaSettings, as_kafka_settings
 
 WRITE_BATCH_EVENTS = 5000
@@ -88,7 +88,7 @@ async def rebuild(
                     if message.offset >= end[tp]:
                         remaining.discard(tp)
                         break
-                    result = pipeline.process(message.value, tp.partition)
+                    result = pipeline.process(message.value, tp.partition, record_seconds(message.timestamp))
                     pipeline.apply(pipeline.commit(tp.partition))
                     stats.records += 1
                     stats.lines += result.lines_in

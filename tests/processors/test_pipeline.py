@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import random
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from processors.exim.correlator import Correlator
 from processors.exim.parser import parse_lines
 from processors.exim.types import LineKind
-from processors.pipeline import NEVER, Pipeline, decode_header
+from processors.pipeline import MAX_CLOCK_LEAD, NEVER, Pipeline, decode_header
 from tests.processors._support import (
     file_lines,
     file_records,
@@ -198,6 +199,40 @@ def test_state_expires_on_the_servers_log_clock_and_the_sweep_only_drops_what_re
     # two hours later the unfinished one is stale too
     list(run_offline([record(500, "2025-03-10 12:00:00 Start queue run: pid=2")], pipeline))
     assert len(pipeline.expired_keys(pipeline.backing.items())) == 2
+
+
+def test_a_line_dated_far_ahead_of_its_shipping_does_not_make_the_servers_state_stale() -> None:
+    """Found by bench/badinput.py: one corrupt line dated 9026 moved the server's clock 7000 years ahead,
+    and every later message's state was dropped as stale at once (its retry state and bounce links lost)."""
+    def record(offset: int, text: str) -> bytes:
+        return encode_batch("srv", "f", "p", [offset], [text.encode()], offset + len(text) + 1)
+
+    shipped_at = datetime.datetime(2025, 3, 10, 10, 5, tzinfo=datetime.UTC).timestamp()
+    pipeline = offline_pipeline(grace_seconds=600, stale_seconds=3 * 86400)
+    records = [
+        (0, "2025-03-10 10:00:00 1trQoR-0003Fg-NR <= a@example.com H=mx [192.0.2.1] P=esmtp S=1 for b@x.org"),
+        (100, "9026-03-10 10:00:01 1trQoS-0003Fg-NR <= c@example.com H=mx [192.0.2.1] P=esmtp S=1 for d@x.org"),
+        (200, "2025-03-10 10:00:02 1trQoR-0003Fg-NR == b@x.org R=r T=t defer (-44) H=mx.x.org [192.0.2.2]: "
+              "SMTP error from remote mail server after RCPT TO:<b@x.org>: 451 4.7.1 Greylisted"),
+    ]
+    events = []
+    for offset, text in records:
+        result = pipeline.process(record(offset, text), 0, shipped_at)
+        pipeline.apply(pipeline.commit(0))
+        events.extend(result.events)
+
+    assert pipeline.clock("srv") == shipped_at + MAX_CLOCK_LEAD
+    deferred = [event for event in events if event.type is EventType.DEFERRED]
+    assert len(deferred) == 1 and deferred[0].sender == "a@example.com", "the arrival state was dropped as stale"
+    assert [key for key in pipeline.expired_keys(pipeline.backing.items())] == []
+    # the future-dated message's state expires on the held-back clock, not in the year 9026
+    for key, value in pipeline.backing.items():
+        if "1trQoS" in key:
+            assert decode_header(value)[1] <= shipped_at + MAX_CLOCK_LEAD + 3 * 86400
+    # without a shipping time (offline parsing) the log's own times are the only clock
+    offline = offline_pipeline(grace_seconds=600, stale_seconds=3 * 86400)
+    list(run_offline([record(offset, text) for offset, text in records], offline))
+    assert offline.clock("srv") > datetime.datetime(9000, 1, 1, tzinfo=datetime.UTC).timestamp()
 
 
 def test_a_message_with_thousands_of_recipients_stays_within_one_changelog_record() -> None:

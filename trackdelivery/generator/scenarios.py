@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import heapq
 import itertools
+import math
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -95,6 +96,7 @@ REMOVE_FROZEN_SPAM_SHARE = 0.4
 REMOVE_FROZEN_BOUNCE_SHARE = 0.3
 REMOVE_LONG_DEFERRED_SHARE = 0.2
 REMOVE_AFTER_DEFERRED = 86400
+CLEAR_FROZEN_WINDOW_SHARE = 0.25  # of the messages a frozen-queue incident held, removed after it
 
 _R = BY_KEY
 _FILTER_TARGET_TYPES = {"devnull": EventType.FILTERED, "blackhole": EventType.FILTERED}
@@ -248,6 +250,7 @@ class ServerSim:
         self._long = server.long_selector
         #: (start, end, share): arrivals in the window are frozen by the system filter with that probability
         self.frozen_window: tuple[int, int, float] | None = None
+        self._frozen_by_window: list[Message] = []  # frozen by the window, oldest first, until it is cleared
         self.tail_start = 1 << 62  # arrivals after this are often queued, so the log ends with some in progress
         self._dmarc_broken = {d for account in server.accounts if account.dmarc_broken for d in account.domains}
         # Archiving and administrators draw from an rng of their own, so the rest of the traffic is the same
@@ -819,8 +822,19 @@ class ServerSim:
             if spam_frozen and self.side_rng.random() < REMOVE_FROZEN_SPAM_SHARE:
                 # the admin clears the spam out of the frozen queue later that day
                 self.at(t + self.side_rng.randint(600, 18 * 3600), self._admin_remove, msg)
+            elif not spam_frozen and self.frozen_window is not None:
+                if not self._frozen_by_window:
+                    self.at(self.frozen_window[1] + self.side_rng.randint(600, 3600), self._clear_frozen_window)
+                self._frozen_by_window.append(msg)
         else:
             self.at(t + (0 if rng.random() < 0.6 else rng.randint(1, 2)), self._delivery_run, (msg, msg.rcpts))
+
+    def _clear_frozen_window(self, t: int, _: Any = None) -> None:
+        """After a frozen-queue incident the administrator deletes the oldest share of what the filter held."""
+        held, self._frozen_by_window = self._frozen_by_window, []
+        for msg in held[: max(1, math.ceil(len(held) * CLEAR_FROZEN_WINDOW_SHARE))]:
+            self.at(t, self._admin_remove, msg)
+            t += self.side_rng.randint(1, 20)
 
     def _frozen_queue(self, t: int) -> bool:
         window = self.frozen_window
