@@ -704,6 +704,10 @@ def short_config() -> ChaosConfig:
                        broker_down=6.0)
 
 
+def _stop_on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     defaults = ChaosConfig()
@@ -729,6 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown fault(s): {', '.join(sorted(unknown))}")
     workdir = Path(tempfile.mkdtemp(prefix="chaos-"))
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # a killed run still stops every process it started
     try:
         result = asyncio.run(run_suite(config, workdir))
     finally:

@@ -38,6 +38,7 @@ log = logging.getLogger("trackdelivery.processor")
 MAX_RETRY_PAUSE = 30.0
 WATCHDOG_INTERVAL = 5.0
 EXIT_STALLED = 70  # the worker exits with this when its consumer stays stalled: its supervisor restarts it
+DIRECT_READ_ATTEMPTS = 3  # fresh consumers tried on a hole of unread raw records before exiting EXIT_STALLED
 
 Writer = Callable[[BatchResult], Awaitable[None]]
 
@@ -72,7 +73,6 @@ class RecordProcessor:
         self.redis_writer = redis_writer
         self.bootstrap_servers = bootstrap_servers
         self.kafka = kafka or as_kafka_settings(bootstrap_servers)  # TLS/SASL of the direct reads
-        self._next_offsets: dict[int, int | None] = {}
         self._last_sweep: dict[int, float] = {}
         self._sweeps: dict[int, Iterator[str]] = {}
         self._sweep_counts: dict[int, int] = {}
@@ -80,6 +80,7 @@ class RecordProcessor:
         self._handling = False
         self._beat = time.monotonic()  # the agent's last sign of life inside a record (every wait is bounded)
         self._stall_strikes = 0
+        self._recovery_left: int | None = None  # changelog records left at the last watchdog call
 
     async def handle(self, event: EventT) -> None:
         message = event.message
@@ -110,21 +111,32 @@ class RecordProcessor:
                 logging.shutdown()
                 os._exit(EXIT_STALLED)
             return
+        remaining = self._recovery_remaining()
+        if remaining is not None and (self._recovery_left is None or remaining < self._recovery_left):
+            self._last_progress = time.monotonic()  # table recovery moving on is progress too
+        self._recovery_left = remaining
         if time.monotonic() - self._last_progress < self.settings.stall_seconds:
             return
-        behind = await self._unread_partitions()
-        if not behind:
-            self._stall_strikes = 0
-            self._last_progress = time.monotonic()
-            return
+        if remaining is not None:
+            # faust delivers no record before its table recovery ends; after a broker restart its consumer
+            # can keep stale metadata and never fetch a changelog partition again (whose high watermark
+            # it then does not know either, so ``remaining`` can read 0 while recovery waits for it)
+            waiting = f"table recovery not ending, {remaining} changelog records known to be left"
+        else:
+            behind = await self._unread_partitions()
+            if not behind:
+                self._stall_strikes = 0
+                self._last_progress = time.monotonic()
+                return
+            waiting = ", ".join(f"{tp.partition}: {next_offset}..{highwater - 1}"
+                                for tp, next_offset, highwater in behind)
         self._stall_strikes += 1
-        waiting = ", ".join(f"{tp.partition}: {next_offset}..{highwater - 1}" for tp, next_offset, highwater in behind)
         if self._stall_strikes == 1:
-            log.warning("no record for %.0fs while raw partitions hold unread records (%s): resuming the consumer",
+            log.warning("no progress for %.0fs with work waiting (%s): resuming the consumer",
                         self.settings.stall_seconds, waiting)
             self.metrics.stalls.inc()
             consumer = self.app.consumer
-            consumer.resume_partitions([tp for tp, _, _ in behind])
+            consumer.resume_partitions(list(consumer.assignment()))
             consumer.resume_flow()
             self.app.flow_control.resume()
             self._last_progress = time.monotonic()
@@ -133,6 +145,16 @@ class RecordProcessor:
                   waiting, EXIT_STALLED)
         logging.shutdown()
         os._exit(EXIT_STALLED)
+
+    def _recovery_remaining(self) -> int | None:
+        """Changelog records faust's table recovery still has to read; None when it is not recovering."""
+        recovery = getattr(getattr(self.app, "tables", None), "recovery", None)
+        if recovery is None or not getattr(recovery, "in_recovery", False):
+            return None
+        try:
+            return int(recovery.active_remaining_total())
+        except Exception:  # highwaters not known yet
+            return None
 
     async def _unread_partitions(self) -> list[tuple[Any, int, int]]:
         """(tp, next offset, high watermark) of the assigned raw partitions with records not processed."""
@@ -167,19 +189,19 @@ class RecordProcessor:
                 self.table[key] = encoded
             elif key in self.table:
                 del self.table[key]
-        next_offset = max(offset + 1, self._next_offsets.get(partition) or 0)
-        self._next_offsets[partition] = next_offset
+        next_offset = max(offset + 1, self._next_offset(partition) or 0)
         self.table[next_offset_key(partition)] = encode_value(partition, NEVER, next_offset)
         self.metrics.observe(result)
         self.metrics.trimmed_states.inc(self.pipeline.trimmed_states - trimmed_before)
         self._sweep(partition)
 
     def _next_offset(self, partition: int) -> int | None:
-        """The raw-topic offset after the last record of this partition whose state was committed."""
-        if partition not in self._next_offsets:
-            raw = self.table.get(next_offset_key(partition))
-            self._next_offsets[partition] = None if raw is None else int(raw[decode_header(raw)[2]:])
-        return self._next_offsets[partition]
+        """The raw-topic offset after the last record of this partition whose state was committed.
+
+        Read from the table every time, never cached: another worker may have owned the partition since
+        (a cached mark from before a rebalance made every later record look like a hole)."""
+        raw = self.table.get(next_offset_key(partition))
+        return None if raw is None else int(raw[decode_header(raw)[2]:])
 
     async def _fill_hole(self, tp: Any, start: int, end: int) -> None:
         """Process raw records ``start`` to ``end - 1`` that faust did not deliver to the agent.
@@ -190,9 +212,17 @@ class RecordProcessor:
         """
         log.warning("raw records %s[%d] %d..%d were not delivered by faust: reading them directly",
                     tp.topic, tp.partition, start, end - 1)
-        position = start
+        position, fruitless = start, 0
         while position < end:
-            position = await self._read_directly(tp, position, end)
+            reached = await self._read_directly(tp, position, end)
+            fruitless = 0 if reached > position else fruitless + 1
+            position = reached
+            if fruitless >= DIRECT_READ_ATTEMPTS:
+                log.error("raw records %s[%d] %d..%d stay unreadable after %d fresh consumers: exiting with %d so "
+                          "the supervisor restarts the worker", tp.topic, tp.partition, position, end - 1,
+                          fruitless, EXIT_STALLED)
+                logging.shutdown()
+                os._exit(EXIT_STALLED)
 
     async def _read_directly(self, tp: Any, start: int, end: int) -> int:
         """Handle raw records from ``start`` up to ``end``; returns the next offset to read. Gives up (so

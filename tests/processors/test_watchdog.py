@@ -53,9 +53,24 @@ class FakeFlow:
 
 
 @dataclass
+class FakeRecovery:
+    remaining: int
+    in_recovery: bool = True
+
+    def active_remaining_total(self) -> int:
+        return self.remaining
+
+
+@dataclass
+class FakeTables:
+    recovery: FakeRecovery | None = None
+
+
+@dataclass
 class FakeApp:
     consumer: FakeConsumer
     flow_control: FakeFlow = field(default_factory=FakeFlow)
+    tables: FakeTables = field(default_factory=FakeTables)
 
 
 def processor(consumer: FakeConsumer, next_offsets: dict[int, int]) -> RecordProcessor:
@@ -94,7 +109,7 @@ async def test_a_stalled_worker_is_resumed_then_exits_for_its_supervisor(exits: 
 
     worker._last_progress = time.monotonic() - 61
     await worker.watchdog()
-    assert consumer.resumed == [TP(RAW, 0)] and consumer.flow_resumed == 1  # only the partition behind
+    assert set(consumer.resumed) == consumer.assignment() and consumer.flow_resumed == 1
     assert worker.app.flow_control.resumed == 1 and exits == []
 
     await worker.watchdog()  # resumed just now: it gets another stall period
@@ -129,13 +144,13 @@ async def test_progress_after_a_resume_starts_the_count_again(exits: list[int]) 
     assert worker._stall_strikes == 1
 
     class Message:
-        partition, offset, value, tp = 0, 100, None, TP(RAW, 0)
+        partition, offset, value, timestamp, tp = 0, 100, None, 1.7e9, TP(RAW, 0)
 
     class Event:
         message = Message()
 
-    async def handled(partition: int, offset: int, value: bytes | None) -> None:
-        worker._next_offsets[partition] = offset + 1
+    async def handled(partition: int, offset: int, value: bytes | None, shipped_at: float | None) -> None:
+        worker.table[agents.next_offset_key(partition)] = encode_value(partition, NEVER, offset + 1)
 
     worker._handle_record = handled  # type: ignore[method-assign]
     worker._observe_lag = lambda tp, offset: None  # type: ignore[method-assign]
@@ -157,3 +172,40 @@ async def test_a_worker_stuck_inside_a_record_exits_for_its_supervisor(exits: li
     with pytest.raises(Exited):
         await worker.watchdog()
     assert exits == [EXIT_STALLED] and consumer.resumed == []
+
+
+async def test_a_table_recovery_that_stops_moving_is_a_stall(exits: list[int]) -> None:
+    """Seen in the chaos suite: after a broker restart faust's recovery waited for a changelog partition
+    its consumer never fetched again (stale metadata); no record reached the agent, and the raw partitions
+    looked caught up because their table state had not been recovered."""
+    consumer = FakeConsumer({TP(RAW, 0): 100})
+    worker = processor(consumer, {0: 100})
+    recovery = FakeRecovery(remaining=5000)
+    worker.app.tables.recovery = recovery  # type: ignore[attr-defined]
+
+    worker._last_progress = time.monotonic() - 61
+    await worker.watchdog()  # first sight of the recovery: progress
+    assert exits == [] and consumer.flow_resumed == 0
+    for left in (4000, 1000):  # recovering a large table for minutes is not a stall
+        recovery.remaining = left
+        worker._last_progress = time.monotonic() - 61
+        await worker.watchdog()
+        assert exits == [] and consumer.flow_resumed == 0
+
+    worker._last_progress = time.monotonic() - 61  # then stuck at 1000
+    await worker.watchdog()
+    assert consumer.flow_resumed == 1 and exits == []
+    recovery.remaining = 0  # a changelog partition whose high watermark faust never learnt counts as 0
+    await worker.watchdog()  # the last known records came in: progress
+    assert exits == []
+    worker._last_progress = time.monotonic() - 61  # but recovery never ends
+    with pytest.raises(Exited):
+        await worker.watchdog()
+    assert exits == [EXIT_STALLED]
+
+    recovery.in_recovery = False  # recovered: the raw partitions decide again, and they are caught up
+    done = processor(FakeConsumer({TP(RAW, 0): 100}), {0: 100})
+    done.app.tables.recovery = recovery  # type: ignore[attr-defined]
+    done._last_progress = time.monotonic() - 61
+    await done.watchdog()
+    assert done.app.consumer.flow_resumed == 0 and exits == [EXIT_STALLED]
