@@ -162,14 +162,21 @@ class RecordProcessor:
         assigned = [tp for tp in consumer.assignment() if tp.topic == self.topics.raw]
         if not assigned:
             return []
+        next_offsets = {tp: self._next_offset(tp.partition) for tp in assigned}
+        never_processed = [tp for tp, next_offset in next_offsets.items() if next_offset is None]
         try:
             highwaters = await asyncio.wait_for(consumer.highwaters(*assigned), self.settings.output_timeout)
+            if never_processed:
+                # every processed record leaves a next-offset mark: without one, nothing was ever processed
+                earliest = await asyncio.wait_for(consumer.earliest_offsets(*never_processed),
+                                                  self.settings.output_timeout)
+                next_offsets.update({tp: earliest.get(tp) for tp in never_processed})
         except Exception as error:  # brokers unreachable: not a stall of this worker
-            log.info("watchdog: high watermarks unavailable (%s)", type(error).__name__)
+            log.info("watchdog: offsets unavailable (%s)", type(error).__name__)
             return []
         behind = []
         for tp in assigned:
-            next_offset = self._next_offset(tp.partition)
+            next_offset = next_offsets[tp]
             highwater = highwaters.get(tp)
             if next_offset is not None and highwater is not None and highwater > next_offset:
                 behind.append((tp, next_offset, highwater))

@@ -37,6 +37,9 @@ class FakeConsumer:
     async def highwaters(self, *tps: TP) -> dict[TP, int]:
         return {tp: self.highwater[tp] for tp in tps}
 
+    async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+        return {tp: 0 for tp in tps}
+
     def resume_partitions(self, tps: list[TP]) -> None:
         self.resumed.extend(tps)
 
@@ -209,3 +212,14 @@ async def test_a_table_recovery_that_stops_moving_is_a_stall(exits: list[int]) -
     done._last_progress = time.monotonic() - 61
     await done.watchdog()
     assert done.app.consumer.flow_resumed == 0 and exits == [EXIT_STALLED]
+
+
+async def test_a_partition_no_record_of_which_was_ever_processed_counts_as_behind(exits: list[int]) -> None:
+    """Seen in the chaos suite: a raw partition nobody had processed yet (no next-offset mark in the table)
+    held 320 records while its worker sat idle, and the watchdog took it for caught up."""
+    consumer = FakeConsumer({TP(RAW, 0): 50, TP(RAW, 1): 320, TP(RAW, 2): 0})
+    worker = processor(consumer, {0: 50})  # 1 and 2 never processed; 2 is empty
+    worker._last_progress = time.monotonic() - 61
+    await worker.watchdog()
+    assert consumer.flow_resumed == 1 and exits == []
+    assert await worker._unread_partitions() == [(TP(RAW, 1), 0, 320)]
