@@ -230,6 +230,11 @@ class RecordProcessor:
                           fruitless, EXIT_STALLED)
                 logging.shutdown()
                 os._exit(EXIT_STALLED)
+        # faust never saw these offsets, so it holds its commit below them for good (it refuses to commit
+        # past a hole wider than one record): hand them to it as a gap, as it does for offsets it skips
+        add_gap = getattr(self.app.consumer, "_add_gap", None)
+        if add_gap is not None:
+            await add_gap(tp, start, end - 1)
 
     async def _read_directly(self, tp: Any, start: int, end: int) -> int:
         """Handle raw records from ``start`` up to ``end``; returns the next offset to read. Gives up (so

@@ -223,3 +223,27 @@ async def test_a_partition_no_record_of_which_was_ever_processed_counts_as_behin
     await worker.watchdog()
     assert consumer.flow_resumed == 1 and exits == []
     assert await worker._unread_partitions() == [(TP(RAW, 1), 0, 320)]
+
+
+async def test_records_read_directly_are_handed_to_faust_as_a_gap(exits: list[int]) -> None:
+    """Seen in the chaos suite: faust dropped fetched records 633..650 in a rebalance and delivered 651 on;
+    the worker read the hole directly, but faust, which never saw those offsets, held its commit at 633 for
+    good (it refuses holes wider than one record), so the group's lag never came down."""
+    gaps: list[tuple[TP, int, int]] = []
+
+    class GapConsumer(FakeConsumer):
+        async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+            gaps.append((tp, offset_from, offset_to))
+
+    consumer = GapConsumer({TP(RAW, 1): 921})
+    worker = processor(consumer, {1: 633})
+    handled: list[int] = []
+
+    async def read_directly(tp: TP, start: int, end: int) -> int:
+        handled.extend(range(start, min(end, start + 10)))  # two reads, as when the first consumer gives up
+        return min(end, start + 10)
+
+    worker._read_directly = read_directly  # type: ignore[method-assign]
+    await worker._fill_hole(TP(RAW, 1), 633, 651)
+    assert handled == list(range(633, 651))
+    assert gaps == [(TP(RAW, 1), 633, 650)] and exits == []
