@@ -9,6 +9,7 @@ from typing import Any
 
 import faust
 
+from processors import faust_fixes
 from processors.agents import RecordProcessor, register_agent
 from processors.metrics import ProcessorMetrics
 from processors.pipeline import Pipeline
@@ -83,6 +84,7 @@ def create_app(
     table's changelog must have exactly as many. ``writer_factory(redis_settings)`` builds the Redis writer
     (default: ``RedisWriter`` with ``StoreSettings()``), inside the worker's event loop.
     """
+    faust_fixes.apply()
     partition_count = partitions or kafka.partitions
     metrics = metrics or ProcessorMetrics()
     app = faust.App(

@@ -23,6 +23,7 @@ from typing import Any
 import faust
 import orjson
 
+from processors import faust_fixes
 from processors.alerts.engine import RuleEvaluator, ScopeState
 from processors.alerts.metrics import AlertMetrics
 from processors.alerts.rules import signals_for
@@ -101,6 +102,7 @@ def create_alerts_app(
     store_factory: Callable[[], Any] | None = None,
     clock: Callable[[], float] = time.time,
 ) -> AlertsApp:
+    faust_fixes.apply()
     metrics = metrics or AlertMetrics()
     evaluator = RuleEvaluator(rules)
     monitor = SilenceMonitor(next((r for r in rules.values() if r.kind is RuleKind.SHIPPER_SILENT), None))

@@ -1,0 +1,43 @@
+"""The faust workarounds: a changelog offset faust would crash on is replaced by a read from the start."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from faust.tables.recovery import Recovery
+
+from processors import faust_fixes
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+@dataclass
+class SeekingConsumer:
+    seeks: list[dict[Any, int]] = field(default_factory=list)
+
+    async def seek_wait(self, offsets: dict[Any, int]) -> None:
+        for offset in offsets.values():
+            if type(offset) is not int or offset < 0:  # what aiokafka's seek refuses
+                raise ValueError("Offset must be a positive integer")
+        self.seeks.append(offsets)
+
+
+async def test_an_invalid_changelog_offset_is_read_from_the_start(caplog: pytest.LogCaptureFixture) -> None:
+    faust_fixes.apply()
+    faust_fixes.apply()  # idempotent: wrapping twice would log twice
+    consumer = SeekingConsumer()
+    good, fresh, broken, missing = TP("c", 0), TP("c", 1), TP("c", 2), TP("c", 3)
+    offsets: Counter[Any] = Counter({good: 2414, fresh: -1, broken: -7})
+    offsets[missing] = None  # type: ignore[assignment]
+
+    await Recovery._seek_offsets(object(), consumer, {good, fresh, broken, missing}, offsets, "active")  # type: ignore[arg-type]
+
+    assert consumer.seeks == [{good: 2414, fresh: 0, broken: 0, missing: 0}]
+    assert sum("is invalid" in record.getMessage() for record in caplog.records) == 2
