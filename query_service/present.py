@@ -88,6 +88,9 @@ def _recipient_summary(attempts: list[DeliveryEvent]) -> dict[str, Any]:
     # logged in the same second (a message frozen by the system filter right after it arrived)
     progressed = [e for e in attempts if e.type is not EventType.IN_PROGRESS]
     outcome = finals[-1] if finals else (progressed or attempts)[-1]
+    if outcome.type is EventType.ARCHIVED and progressed[-1] is not outcome:
+        # an outgoing archive copy is logged before the remote outcome: what came after it is the news
+        outcome = progressed[-1]
     explained = next((e for e in reversed(attempts) if e.reason is not None), None)
     waiting = outcome.type in _WAITING
     return {

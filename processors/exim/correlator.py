@@ -54,6 +54,7 @@ R_FIRST_ATTEMPT = "fa"
 R_FIRST_FAILURE = "ff"
 R_LAST_ATTEMPT = "la"
 R_FINAL = "fin"
+ARCHIVED_FINAL = str(EventType.ARCHIVED)  # final until a later attempt of the same recipient says otherwise
 R_ORIGINAL = "o"
 R_HASHES = "h"
 R_LAST_EVENT = "le"  # attempt number of the last line (hashes[-1]), to rebuild its event when it comes again
@@ -564,6 +565,10 @@ class Correlator:
             rstate[R_FINAL] = str(event_type)
             retry = RetryState(number, rstate.get(R_FIRST_ATTEMPT), rstate.get(R_LAST_ATTEMPT))
         else:
+            if rstate.get(R_FINAL) == ARCHIVED_FINAL:
+                # cPanel's outgoing archive copy is logged before the remote outcome: a deferral after it
+                # means the recipient is still open (it is frozen or cancelled with the message)
+                del rstate[R_FINAL]
             retry = self._retry_estimate(rstate, number)
 
         arrival = state.get(ARRIVAL, {})

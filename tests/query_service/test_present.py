@@ -32,3 +32,18 @@ def test_a_final_outcome_wins_over_a_later_deferral_and_waiting_stays_waiting() 
     assert [r["state"] for r in delivered["recipients"]] == ["delivered"]
     waiting = message_view(view_of(event(EventType.IN_PROGRESS, T0, "1" * 24)))
     assert [r["state"] for r in waiting["recipients"]] == ["in_progress"]
+
+
+def test_an_archive_copy_followed_by_a_deferral_shows_the_deferral() -> None:
+    def recipient_state(*events: DeliveryEvent) -> list[str]:
+        return [r["state"] for r in message_view(view_of(*events))["recipients"]]
+
+    copy = event(EventType.ARCHIVED, T0 + 1, "2" * 24)
+    assert recipient_state(event(EventType.IN_PROGRESS, T0, "1" * 24), copy,
+                           event(EventType.DEFERRED, T0 + 2, "3" * 24)) == ["deferred"]
+    # the incoming copy is logged after the mailbox delivery: it stays the recipient's state
+    assert recipient_state(event(EventType.DELIVERED, T0 + 1, "3" * 24), event(EventType.ARCHIVED, T0 + 2, "2" * 24)
+                           ) == ["archived"]
+    assert recipient_state(copy, event(EventType.DELIVERED, T0 + 2, "3" * 24)) == ["delivered"]
+    assert recipient_state(copy, event(EventType.DEFERRED, T0 + 2, "3" * 24),
+                           event(EventType.CANCELLED, T0 + 9, "4" * 24)) == ["cancelled"]

@@ -974,11 +974,10 @@ class ServerSim:
     ) -> None:
         """The archive copies of mail an archiving domain sends out, logged before the remote outcomes.
 
-        Only recipients whose first attempt is final (delivered or bounced) get one: the copy is final for
-        the recipient's key, and the query service's message view shows the latest final event of a
-        recipient, so a copy before a deferral would show the deferred recipient as archived."""
+        Exim records the copy as delivered, so it is made once, on the first delivery run, whatever the
+        remote outcome of that run: a deferred recipient goes on being retried after its copy."""
         for r, outcome, _ in outcomes:
-            if r.mailbox is None and r.remote is not None and outcome in (DELIVER, FAIL):
+            if r.mailbox is None and r.remote is not None and outcome in (DELIVER, FAIL, DEFER):
                 self._write_archive_copy(t, pid, msg, r, r.address, ARCHIVE_OUT_ROUTE)
 
     def _maybe_schedule_removal(self, t: int, msg: Message) -> None:

@@ -207,6 +207,31 @@ def test_filtered_and_archived_deliveries() -> None:
     assert all(event.reason is None for event in events)
 
 
+def test_an_outgoing_archive_copy_does_not_close_a_recipient_whose_remote_delivery_is_deferred() -> None:
+    """cPanel logs the archive copy of outgoing mail before the remote outcome; a deferral after it leaves
+    the recipient open, so freezing or removing the message covers it."""
+    events = run(
+        [
+            arrival("a@example.org", "b@example.org"),
+            delivery("a@example.org", T0 + 1, router="archiver_outgoing", transport="archiver_outgoing"),
+            delivery("b@example.org", T0 + 1, router="archiver_outgoing", transport="archiver_outgoing"),
+            deferral("a@example.org", T0 + 1, errno=111, error="Connection refused"),
+            delivery("b@example.org", T0 + 1),
+            line(LineKind.FROZEN, T0 + 2, detail="delivery error message"),
+            line(LineKind.CANCELLED, T0 + 4, detail="removed by root"),
+        ]
+    )
+    assert [(e.recipient, e.type) for e in events if e.type is not EventType.IN_PROGRESS] == [
+        ("a@example.org", EventType.ARCHIVED),
+        ("b@example.org", EventType.ARCHIVED),
+        ("a@example.org", EventType.DEFERRED),
+        ("b@example.org", EventType.DELIVERED),
+        ("a@example.org", EventType.FROZEN),
+        ("a@example.org", EventType.CANCELLED),
+    ]
+    assert of_type(events, EventType.DEFERRED)[0].retry.attempt == 2  # the copy was a delivery of its own
+
+
 def test_bounce_is_linked_both_ways() -> None:
     bounced_line = failure(
         "nosuch@gmail.com",

@@ -288,7 +288,7 @@ def test_archiving_accounts_get_an_archive_copy_of_their_mail(fleet: Fleet) -> N
                 continue
             copy = ARCHIVE_COPY.match(body)
             if copy is None:
-                if (m := DELIVERY.match(body) or FAILURE.match(body)) is not None:
+                if (m := DELIVERY.match(body) or FAILURE.match(body) or DEFERRAL.match(body)) is not None:
                     delivered[msgid].append((number, line[:19], recipient_of(m)[0]))
                 continue
             address = copy["address"]
