@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import datetime
 import functools
+import itertools
 import multiprocessing
 import os
 import shutil
@@ -88,12 +89,7 @@ def fleet_records(files: list[Path], tag: str) -> list[tuple[str, bytes, list[st
             records.append((server, encode_batch(server, f"{tag}-{server}", str(path),
                                                  offsets[start : start + len(chunk)], chunk, end), arrivals))
         per_server.append(records)
-    interleaved = []
-    for index in range(max(len(records) for records in per_server)):
-        for records in per_server:
-            if index < len(records):
-                interleaved.append(records[index])
-    return interleaved
+    return [record for round_ in itertools.zip_longest(*per_server) for record in round_ if record is not None]
 
 
 def split_by_server(records: list[tuple[str, bytes, list[str]]], feeders: int) -> list[list[Any]]:

@@ -9,13 +9,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from bench.badinput import scrape
 from processors.pipeline import BatchResult, Pipeline
 from trackdelivery.events import DeliveryEvent
 from trackdelivery.records import encode_batch
@@ -142,14 +142,7 @@ class WorkerProcess:
 
     def metrics(self) -> dict[str, float]:
         """The worker's Prometheus samples, ``name{labels}`` → value."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
-            text = response.read().decode()
-        samples = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                samples[name] = float(value)
-        return samples
+        return scrape(self.metrics_port)
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[str, bytes]]) -> int:

@@ -34,6 +34,7 @@ from query_service.settings import QueryServiceSettings
 from query_service.tokens import TokenStore
 from tests.query_service.asgi import AsgiClient, running
 from tests.query_service.fleet_data import SERVERS, Fleet, build_fleet
+from tests.trackdelivery.store.factories import snapshot
 from trackdelivery.connections import count_keys, redis_client, sync_redis_client
 from trackdelivery.devenv.redis import RedisClusterServers
 from trackdelivery.events import DeliveryEvent, EventType, Reason
@@ -127,29 +128,6 @@ def sync_clients(twin: Twin) -> Iterator[tuple[redis.Redis, redis.RedisCluster]]
     finally:
         single.close()
         cluster.close()
-
-
-def snapshot(client: redis.Redis | redis.RedisCluster, prefix: str) -> dict[bytes, tuple[str, Any, bool]]:
-    """Every key under ``prefix`` (on a cluster: on every master) with its content and whether it expires."""
-    state: dict[bytes, tuple[str, Any, bool]] = {}
-    for key in client.scan_iter(match=f"{prefix}:*".encode(), count=1000):
-        reply = client.type(key)
-        kind = reply.decode() if isinstance(reply, bytes) else str(reply)
-        content: Any
-        if kind == "string":
-            content = client.get(key)
-        elif kind == "hash":
-            content = sorted(client.hgetall(key).items())
-        elif kind == "zset":
-            content = client.zrange(key, 0, -1, withscores=True)
-        elif kind == "list":
-            content = client.lrange(key, 0, -1)
-        elif kind == "set":
-            content = sorted(client.smembers(key))
-        else:
-            content = kind
-        state[key] = (kind, content, client.ttl(key) > 0)
-    return state
 
 
 def outcome(result: QueryResult) -> dict[str, Any]:

@@ -93,19 +93,25 @@ def store_settings(key_prefix: str, **overrides: Any) -> StoreSettings:
     return StoreSettings(prefix=key_prefix.rstrip(":"), **overrides)
 
 
-def snapshot(client: redis.Redis) -> dict[bytes, tuple[str, Any]]:
-    """Every key of the database with its content, for exact before/after comparisons."""
-    state: dict[bytes, tuple[str, Any]] = {}
-    for key in client.scan_iter(count=1000):
-        kind = client.type(key).decode()
+def snapshot(client: redis.Redis | redis.RedisCluster, prefix: str | None = None) -> dict[bytes, tuple[str, Any, bool]]:
+    """Every key of the database (or under ``prefix``; on a cluster: on every master) with its content and
+    whether it expires, for exact before/after comparisons."""
+    state: dict[bytes, tuple[str, Any, bool]] = {}
+    match = f"{prefix}:*".encode() if prefix is not None else None
+    for key in client.scan_iter(match=match, count=1000):
+        reply = client.type(key)
+        kind = reply.decode() if isinstance(reply, bytes) else str(reply)
+        content: Any
         if kind == "string":
-            content: Any = client.get(key)
+            content = client.get(key)
         elif kind == "hash":
             content = sorted(client.hgetall(key).items())
         elif kind == "zset":
             content = client.zrange(key, 0, -1, withscores=True)
         elif kind == "list":
             content = client.lrange(key, 0, -1)
+        elif kind == "set":
+            content = sorted(client.smembers(key))
         else:
             content = kind
         state[key] = (kind, content, client.ttl(key) > 0)
