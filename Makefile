@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 .PHONY: install system-deps kafka-jars lint format test test-chaos bench demo dev-up dev-down clean lock config-docs
 
-install: system-deps $(VENV)/.installed kafka-jars
+install: system-deps $(VENV)/.installed $(VENV)/.native kafka-jars
 
 system-deps:
 	@missing=""; \
@@ -18,6 +18,7 @@ system-deps:
 	command -v mvn >/dev/null || missing="$$missing maven"; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v openssl >/dev/null || missing="$$missing openssl"; \
+	command -v cargo >/dev/null || missing="$$missing cargo"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
@@ -27,6 +28,11 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# the query service's native row decoder (Rust, built with maturin; the service runs without it, slower)
+$(VENV)/.native: $(VENV)/.installed native/Cargo.toml native/Cargo.lock native/src/lib.rs native/pyproject.toml
+	$(BIN)/pip install -q ./native
 	touch $@
 
 kafka-jars:

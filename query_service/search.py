@@ -15,10 +15,14 @@ import struct
 import time as clock
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from query_service.rows import RowDecoder, row_event
+from query_service.walk import IndexValue, ServerWalk, WalkRequest
 from trackdelivery.events import DeliveryEvent, EventType
 from trackdelivery.store import codec
 from trackdelivery.store.exceptions import InvalidCursor, InvalidQuery
@@ -101,6 +105,27 @@ return out
 """
 RANGES_PER_CALL = 1000
 
+#: indexed filters the walk intersects on the server when another filter drives it (any kind will do)
+_CHECK_KINDS = {
+    "sender": (Kind.SENDER,),
+    "recipient": (Kind.RECIPIENT,),
+    "address": (Kind.SENDER, Kind.RECIPIENT),
+    "sender_domain": (Kind.SENDER_DOMAIN,),
+    "recipient_domain": (Kind.RECIPIENT_DOMAIN,),
+    "domain": (Kind.SENDER_DOMAIN, Kind.RECIPIENT_DOMAIN),
+    "server": (Kind.SERVER,),
+    "cpanel_user": (Kind.USER,),
+    "ip": (Kind.IP,),
+    "reason": (Kind.REASON,),
+}
+
+
+@dataclass(slots=True)
+class _WalkPlan:
+    sources: list[IndexValue]
+    checks: list[list[IndexValue]]
+    directory_mask: int
+
 SortKey = tuple[int, bytes]  # (event time in ms, event ref): the newest-first order is descending
 #: one index value in one bucket: (kind, bucket, partitions to read, digest head, bucket start ms, types)
 _Read = tuple[Kind, int, "range | tuple[int, ...]", bytes, int, frozenset[int]]
@@ -131,7 +156,8 @@ class _Group:
 
     types: frozenset[int]
     want: int  # results to return; one more is fetched to know whether there is more
-    accepted: list[tuple[SortKey, DeliveryEvent]] = field(default_factory=list)
+    # DeliveryEvent from the client walk, (type, row JSON) from the server walk
+    accepted: list[tuple[SortKey, Any]] = field(default_factory=list)
     buffer: list[tuple[tuple[int, int], bytes]] = field(default_factory=list)  # heap on the negated sort key
     streams: list[_Stream] = field(default_factory=list)
     seen: set[bytes] = field(default_factory=set)
@@ -155,28 +181,48 @@ class _Matcher:
     def norm(self, kind: Kind, value: str | None) -> str | None:
         return None if value is None else normalize(kind, value, self.max_chars)
 
+    def fields(self) -> tuple[str, ...]:
+        """The event fields ``matches_fields`` reads for this query."""
+        names = ["time"]
+        for name in self.values:
+            names += _FIELD_NAMES[name]
+        if self.text is not None:
+            names += ["response", "subject"]
+        if self.scope_users is not None or self.scope_domains is not None:
+            names += ["cpanel_user", "sender_domain", "recipient_domain"]
+        return tuple(dict.fromkeys(names))
+
     def matches(self, event: DeliveryEvent, lo_ms: int, hi_ms: int) -> bool:
+        return self.matches_fields(event.__getattribute__, lo_ms, hi_ms)
+
+    def matches_row(self, row: dict[str, Any], lo_ms: int, hi_ms: int) -> bool:
+        return self.matches_fields(row.__getitem__, lo_ms, hi_ms)
+
+    def matches_fields(self, get: Callable[[str], Any], lo_ms: int, hi_ms: int) -> bool:
         """Only the filters that were given are checked; stored strings are already clean and bounded."""
-        if not lo_ms <= int(event.time * 1000) <= hi_ms:
+        if not lo_ms <= int(get("time") * 1000) <= hi_ms:
             return False
         for name, wanted in self.values.items():
-            if wanted not in _FIELD_VALUES[name](event):
+            if wanted not in _FIELD_VALUES[name](get):
                 return False
         if self.text is not None:
-            haystack = f"{event.response or ''}\x00{event.subject or ''}".casefold()
+            haystack = f"{get('response') or ''}\x00{get('subject') or ''}".casefold()
             if self.text not in haystack:
                 return False
-        return self.in_scope(event)
+        return self.in_scope_fields(get)
 
     def in_scope(self, event: DeliveryEvent) -> bool:
+        return self.in_scope_fields(event.__getattribute__)
+
+    def in_scope_fields(self, get: Callable[[str], Any]) -> bool:
         if self.scope_users is None and self.scope_domains is None:
             return True
-        if self.scope_users and self.norm(Kind.USER, event.cpanel_user) in self.scope_users:
+        if self.scope_users and self.norm(Kind.USER, get("cpanel_user")) in self.scope_users:
             return True
         if self.scope_domains:
             domains = {
-                self.norm(Kind.SENDER_DOMAIN, event.sender_domain),
-                self.norm(Kind.RECIPIENT_DOMAIN, event.recipient_domain),
+                self.norm(Kind.SENDER_DOMAIN, get("sender_domain")),
+                self.norm(Kind.RECIPIENT_DOMAIN, get("recipient_domain")),
             }
             return not domains.isdisjoint(self.scope_domains)
         return False
@@ -199,19 +245,38 @@ def _ip(value: str | None) -> str | None:
     return normalize(Kind.IP, value, 1 << 20) if value is not None else None
 
 
+def _text(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
+Getter = Callable[[str], Any]
+#: the event fields each filter compares (what ``_FIELD_VALUES`` reads)
+_FIELD_NAMES: dict[str, tuple[str, ...]] = {
+    "sender": ("sender",),
+    "recipient": ("recipient", "original_recipient"),
+    "address": ("sender", "recipient", "original_recipient"),
+    "sender_domain": ("sender_domain",),
+    "recipient_domain": ("recipient_domain",),
+    "domain": ("sender_domain", "recipient_domain"),
+    "server": ("server",),
+    "cpanel_user": ("cpanel_user",),
+    "msgid": ("msgid",),
+    "ip": ("client_ip", "remote_ip"),
+    "reason": ("reason",),
+}
 #: the normalised values of an event a filter compares with (stored values are already bounded and clean)
-_FIELD_VALUES: dict[str, Callable[[DeliveryEvent], tuple[str | None, ...]]] = {
-    "sender": lambda e: (_lower(e.sender),),
-    "recipient": lambda e: (_lower(e.recipient), _lower(e.original_recipient)),
-    "address": lambda e: (_lower(e.sender), _lower(e.recipient), _lower(e.original_recipient)),
-    "sender_domain": lambda e: (_lower(e.sender_domain),),
-    "recipient_domain": lambda e: (_lower(e.recipient_domain),),
-    "domain": lambda e: (_lower(e.sender_domain), _lower(e.recipient_domain)),
-    "server": lambda e: (_lower(e.server),),
-    "cpanel_user": lambda e: (_lower(e.cpanel_user),),
-    "msgid": lambda e: (e.msgid,),
-    "ip": lambda e: (_ip(e.client_ip), _ip(e.remote_ip)),
-    "reason": lambda e: (e.reason.value if e.reason is not None else None,),
+_FIELD_VALUES: dict[str, Callable[[Getter], tuple[str | None, ...]]] = {
+    "sender": lambda get: (_lower(get("sender")),),
+    "recipient": lambda get: (_lower(get("recipient")), _lower(get("original_recipient"))),
+    "address": lambda get: (_lower(get("sender")), _lower(get("recipient")), _lower(get("original_recipient"))),
+    "sender_domain": lambda get: (_lower(get("sender_domain")),),
+    "recipient_domain": lambda get: (_lower(get("recipient_domain")),),
+    "domain": lambda get: (_lower(get("sender_domain")), _lower(get("recipient_domain"))),
+    "server": lambda get: (_lower(get("server")),),
+    "cpanel_user": lambda get: (_lower(get("cpanel_user")),),
+    "msgid": lambda get: (get("msgid"),),
+    "ip": lambda get: (_ip(get("client_ip")), _ip(get("remote_ip"))),
+    "reason": lambda get: (_text(get("reason")),),
 }
 
 
@@ -277,14 +342,20 @@ def decode_cursor(query: Query, cursor: str) -> SortKey:
 
 
 class DeliverySearch:
-    def __init__(self, client: RedisClient, settings: StoreSettings) -> None:
+    def __init__(
+        self, client: RedisClient, settings: StoreSettings, *, server_walk: bool = True, native: bool | None = None
+    ) -> None:
+        """``server_walk=False`` walks the indexes from the client even on a single Redis (as on a cluster);
+        ``native`` chooses the row decoder (None: the native one when it is installed)."""
         self.client = client
         self.settings = settings
         self.keys = KeySpace(settings)
         self.cluster = isinstance(client, aioredis.RedisCluster)
         self._hmget_script = client.register_script(_HMGET_MANY)
         self._ranges_sha: str | None = None
+        self._walk = ServerWalk(client, self.keys) if server_walk and not self.cluster else None  # type: ignore[arg-type]
         self.compression = codec.RecordCompression()
+        self._rows = RowDecoder(self.compression, native=native)
 
     async def _load_dictionaries(self, blobs: list[bytes | None]) -> None:
         """Loads (once) the record dictionaries ``blobs`` were compressed with."""
@@ -296,6 +367,15 @@ class DeliverySearch:
     # -- search -----------------------------------------------------------------------------------------
 
     async def search(self, query: Query, *, now: float | None = None) -> QueryResult:
+        """The answer with its events as ``DeliveryEvent`` objects."""
+        return await self._search(query, now, as_rows=False)
+
+    async def search_rows(self, query: Query, *, now: float | None = None) -> QueryResult:
+        """The same answer with every event as the JSON of its ``DeliveryEvent.to_dict()`` in ``rows``
+        (``events`` stays empty): what the API sends, without building an object per event."""
+        return await self._search(query, now, as_rows=True)
+
+    async def _search(self, query: Query, now: float | None, *, as_rows: bool) -> QueryResult:
         now = clock.time() if now is None else now
         settings = self.settings
         types = frozenset(query.types) if query.types is not None else frozenset(EventType)
@@ -322,8 +402,12 @@ class DeliverySearch:
                 raise InvalidQuery(f"max_results_by_type must be between 0 and {MAX_RESULTS_BY_TYPE_LIMIT}")
             groups = [_Group(types=frozenset((TYPE_CODES[t],)), want=per_type) for t in types]
         matcher = _matcher(query, settings.max_field_chars)
-        complete, scanned = await self._collect(query, matcher, groups, lo_ms, hi_ms, cursor)
-        merged: list[tuple[SortKey, DeliveryEvent]] = []
+        plan = None if self._walk is None or "msgid" in matcher.values else self._walk_plan(query, matcher, types)
+        if plan is not None:
+            complete, scanned = await self._collect_walk(plan, matcher, groups, lo_ms, hi_ms, cursor)
+        else:
+            complete, scanned = await self._collect(query, matcher, groups, lo_ms, hi_ms, cursor)
+        merged: list[tuple[SortKey, Any]] = []
         counts: dict[EventType, int] = {}
         overflowed: dict[EventType, bool] = {}
         next_cursor = None
@@ -338,14 +422,119 @@ class DeliverySearch:
             elif len(group.accepted) > group.want or (not complete and kept):
                 next_cursor = encode_cursor(query, kept[-1][0])
         merged.sort(key=lambda item: item[0], reverse=True)
-        events = [event for _, event in merged]
+        items = [item for _, item in merged]
+        row_json: list[bytes] = []
+        events: list[DeliveryEvent] = []
+        if plan is not None:
+            row_json = [row for _, row in items]
+            kinds = [event_type for event_type, _ in items]
+            if not as_rows:
+                events = [row_event(row) for row in row_json]
+        else:
+            events = items
+            kinds = [event.type for event in events]
+            if as_rows:
+                row_json = [orjson.dumps(event.to_dict()) for event in events]
         if query.page is not None:
-            for event in events:
-                counts[event.type] = counts.get(event.type, 0) + 1
+            for kind in kinds:
+                counts[kind] = counts.get(kind, 0) + 1
         return QueryResult(
-            events=events, counts=counts, overflowed=overflowed, next_cursor=next_cursor,
-            complete=complete, scanned=scanned,
+            events=[] if as_rows else events, counts=counts, overflowed=overflowed, next_cursor=next_cursor,
+            complete=complete, scanned=scanned, rows=row_json,
         )
+
+    # -- the server-side walk (single Redis) ---------------------------------------------------------
+
+    def _index_value(self, kind: Kind, value: str) -> IndexValue:
+        keys = self.keys
+        digest = value_digest(kind, value)
+        partitions = value_partitions(kind, digest, keys.partitions(kind))
+        head = digest[:DIGEST_BYTES]
+        return IndexValue(kind, keys.bucket_seconds(kind) * 1000, head, _increment(head), partitions.start,
+                          len(partitions))
+
+    def _walk_plan(self, query: Query, matcher: _Matcher, types: frozenset[EventType]) -> _WalkPlan | None:
+        """What the walk reads (the driver of ``_sources``) and which other filters it intersects on the
+        server; None when its sources have different bucket widths (then the client walks)."""
+        values = matcher.values
+        sources = self._sources(query, matcher)
+        driver = next((name for _, names in _DRIVERS for name in names if name in values), None)
+        if driver is None and "address" in values:
+            driver = "address"
+        elif driver is None and "domain" in values:
+            driver = "domain"
+        directory = 0
+        if sources is None:
+            keys = self.keys
+            head = value_digest(Kind.TYPE, ALL_TYPES)[:DIGEST_BYTES]
+            driving = [IndexValue(Kind.TYPE, keys.bucket_seconds(Kind.TYPE) * 1000, head, _increment(head), 0,
+                                  keys.partitions(Kind.TYPE))]
+            directory = sum(1 << TYPE_CODES[t] for t in types)
+        else:
+            driving = [self._index_value(kind, value) for kind, value in sources]
+        if len({value.width_ms for value in driving}) != 1:
+            return None
+        checks = [
+            [self._index_value(kind, values[name]) for kind in kinds]
+            for name, kinds in _CHECK_KINDS.items()
+            if name in values and name != driver
+        ]
+        return _WalkPlan(driving, checks, directory)
+
+    async def _collect_walk(
+        self, plan: _WalkPlan, matcher: _Matcher, groups: list[_Group], lo_ms: int, hi_ms: int,
+        cursor: SortKey | None,
+    ) -> tuple[bool, int]:
+        """Fills every group from server-side walks: all groups from ``cursor`` first, then each group a
+        check on the decoded records left short again from its own last candidate."""
+        budget = self.settings.scan_budget
+        scanned = 0
+        # (groups, cursor, the newest ms still to read)
+        queue: list[tuple[list[_Group], SortKey | None, int]] = [(groups, cursor, hi_ms)]
+        wanted = matcher.fields()
+        while queue:
+            batch, start, top = queue.pop(0)
+            batch = [group for group in batch if not group.satisfied]
+            if not batch:
+                continue
+            request = WalkRequest(
+                lo_ms=lo_ms, hi_ms=top if start is None else min(top, start[0]), cursor=start,
+                budget=budget - scanned,
+                groups=[(sum(1 << code for code in group.types), group.want + 1 - len(group.accepted))
+                        for group in batch],
+                sources=plan.sources, checks=plan.checks, directory_mask=plan.directory_mask,
+            )
+            assert self._walk is not None
+            reply = await self._walk.run(request)
+            scanned += reply.scanned
+            await self._load_dictionaries(
+                [blob for candidate in reply.candidates for blob in (candidate[2], candidate[3])]
+            )
+            last: dict[int, SortKey] = {}
+            returned = [0] * len(batch)
+            decoded = self._rows.decode(reply.candidates, wanted)
+            for (time_ms, ref, _, _), (event_type, row, values) in zip(reply.candidates, decoded, strict=True):
+                sort_key = (time_ms, ref)
+                code = TYPE_CODES[event_type]
+                ok = matcher.matches_fields(values.__getitem__, lo_ms, hi_ms)
+                for index, group in enumerate(batch):
+                    if code in group.types:
+                        last[index] = sort_key
+                        returned[index] += 1
+                        if ok:
+                            group.accepted.append((sort_key, (event_type, row)))
+            if not reply.complete:
+                return False, scanned
+            short = []
+            for index, group in enumerate(batch):
+                # a group the walk gave all it asked for may have more beyond its last candidate
+                if not group.satisfied and returned[index] == request.groups[index][1]:
+                    queue.append(([group], last[index], request.hi_ms))
+                elif not group.satisfied:
+                    short.append(group)
+            if short and reply.resume_ms is not None:
+                queue.append((short, start, reply.resume_ms))
+        return True, scanned
 
     def _sources(self, query: Query, matcher: _Matcher) -> list[tuple[Kind, str]] | None:
         """The index values whose union holds every answer; None = the per-type time index."""

@@ -79,13 +79,22 @@ async def client(redis_db_url):
     await connection.aclose()
 
 
-@pytest.fixture
-async def search(client, key_prefix):
+#: the three readers of a single Redis: the server-side walk with the native or the Python row decoder,
+#: and the client-side walk a cluster uses; every test below holds for each
+READERS = {
+    "server_walk": {"server_walk": True},
+    "server_walk_python_rows": {"server_walk": True, "native": False},
+    "client_walk": {"server_walk": False},
+}
+
+
+@pytest.fixture(params=sorted(READERS))
+async def search(request, client, key_prefix):
     settings = store_settings(key_prefix, dictionary_samples=200)
     writer = RedisWriter(client, settings)
     for start in range(0, len(EVENTS), 250):
         await writer.write(EVENTS[start : start + 250])
-    return DeliverySearch(client, settings)
+    return DeliverySearch(client, settings, **READERS[request.param])
 
 
 some = EVENTS[17]
@@ -316,3 +325,24 @@ async def test_random_queries_agree_with_the_brute_force_reading(search):
         query = Query(page=Page(limit=5000), **fields)
         result = await search.search(query, now=NOW)
         assert [e.event_id for e in result.events] == expected(query), fields
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+async def test_pages_through_events_of_one_millisecond_in_ref_order(client, key_prefix, reader):
+    """Events sharing a millisecond are ordered (and cursors continue) by event ref, on every reader."""
+    settings = store_settings(key_prefix)
+    same_ms = [
+        make_event(time=NOW - 600.0005, recipient=f"r{n}@gmail.com", type=kind)
+        for n, kind in enumerate([EventType.DELIVERED, EventType.DEFERRED, EventType.BOUNCED] * 5)
+    ]
+    await RedisWriter(client, settings).write(same_ms)
+    search = DeliverySearch(client, settings, **READERS[reader])
+    query = Query(server=same_ms[0].server, page=Page(limit=4))
+    seen: list[str] = []
+    while True:
+        result = await search.search(query, now=NOW)
+        seen += [event.event_id for event in result.events]
+        if result.next_cursor is None:
+            break
+        query = dataclasses.replace(query, page=Page(limit=4, cursor=result.next_cursor))
+    assert seen == expected(Query(server=same_ms[0].server), same_ms)

@@ -123,6 +123,7 @@ class QueryResult:
     next_cursor: str | None = None
     complete: bool = True
     scanned: int = 0
+    rows: list[bytes] = field(default_factory=list)  # search_rows(): each event's to_dict() as JSON
 
 
 @dataclass(slots=True)

@@ -1,0 +1,96 @@
+"""Stored event records to the API's JSON rows: the native decoder (``native/``, Rust) when it is
+installed, else the same rows from Python (``codec.decode_event_row``), byte for byte.
+
+Each decoded candidate also carries the values of the fields a search still has to check on it (the
+walk already applied every indexed filter; left are digest collisions, the text filter and a token's
+scope), so no event object is built for a row that is only sent on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import orjson
+
+from trackdelivery.events import SCHEMA_VERSION, DeliveryEvent, EventType
+from trackdelivery.store import codec
+from trackdelivery.store.keys import MSGREF_BYTES, TYPES_BY_CODE
+
+try:  # built by `make install` (pip install ./native); TRACKDELIVERY_NATIVE=0 turns it off
+    from trackdelivery_native import RowDecoder as _NativeDecoder
+except ImportError:  # pragma: no cover - depends on the installation
+    _NativeDecoder = None
+
+#: a search candidate as the walk returns it: (time ms, event ref, arrival record, event record)
+Candidate = tuple[int, bytes, "bytes | None", bytes]
+_TYPES_BY_NAME = {event_type.value: event_type for event_type in EventType}
+
+
+def native_available() -> bool:
+    return _NativeDecoder is not None and os.environ.get("TRACKDELIVERY_NATIVE", "1") != "0"
+
+
+class RowDecoder:
+    """Decodes candidates with the record dictionaries of ``compression``."""
+
+    def __init__(self, compression: codec.RecordCompression, *, native: bool | None = None) -> None:
+        self.compression = compression
+        use_native = native_available() if native is None else native
+        if use_native and _NativeDecoder is None:
+            raise RuntimeError("the native row decoder is not installed (pip install ./native)")
+        self._native = None
+        if use_native:
+            self._native = _NativeDecoder(
+                [f.name for f in dataclasses.fields(DeliveryEvent)],
+                dict(codec.EVENT_FIELDS),
+                {**codec.ARRIVAL_FIELDS, **codec.IDENTITY_FIELDS},
+                {code: event_type.value for code, event_type in TYPES_BY_CODE.items()},
+                SCHEMA_VERSION,
+            )
+        self._installed: set[bytes] = set()
+
+    @property
+    def native(self) -> bool:
+        return self._native is not None
+
+    def decode(
+        self, candidates: list[Candidate], wanted: tuple[str, ...]
+    ) -> list[tuple[EventType, bytes, dict[str, Any]]]:
+        """(type, row JSON, {field: value} of ``wanted``) per candidate, in order."""
+        native = self._native
+        if native is None:
+            return self._decode_python(candidates, wanted)
+        for dictionary_id, data in self.compression.dictionaries.items():
+            if dictionary_id not in self._installed:
+                native.add_dictionary(dictionary_id, data)
+                self._installed.add(dictionary_id)
+        results = native.decode([(ref[:MSGREF_BYTES], arrival, blob) for _, ref, arrival, blob in candidates],
+                                ["type", *wanted])
+        decoded: list[tuple[EventType, bytes, dict[str, Any]]] = []
+        for candidate, result in zip(candidates, results, strict=True):
+            if result is None:  # a record the native decoder leaves to Python
+                decoded += self._decode_python([candidate], wanted)
+                continue
+            row, values = result
+            decoded.append((_TYPES_BY_NAME[values[0]], row, dict(zip(wanted, values[1:], strict=True))))
+        return decoded
+
+    def _decode_python(
+        self, candidates: list[Candidate], wanted: tuple[str, ...]
+    ) -> list[tuple[EventType, bytes, dict[str, Any]]]:
+        unpack = self.compression.decompress
+        arrivals: dict[bytes, dict[str, Any] | None] = {}
+        decoded = []
+        for _, ref, arrival_blob, blob in candidates:
+            msgref = ref[:MSGREF_BYTES]
+            if msgref not in arrivals:
+                arrivals[msgref] = codec.decode_arrival(unpack(arrival_blob)) if arrival_blob else None
+            row = codec.decode_event_row(unpack(blob), arrivals[msgref])
+            decoded.append((row["type"], orjson.dumps(row), {name: row[name] for name in wanted}))
+        return decoded
+
+
+def row_event(row: bytes) -> DeliveryEvent:
+    return DeliveryEvent.from_dict(orjson.loads(row))

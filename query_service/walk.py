@@ -1,0 +1,398 @@
+"""The server-side search walk: one Lua call reads the index buckets of a search newest first, merges
+their sorted sets, intersects the other indexed filters, and returns the candidate events' records.
+
+Used on a single Redis (the script reads keys it computes, which a cluster forbids); a cluster runs the
+client-side walk in ``search.py``. The layout it reads is docs/redis-model.md's: index members are
+``digest head (3) | ms since bucket start (4, big endian) | type code (1) | event ref (11)``.
+
+What the script decides is what the client-side walk decides, candidate for candidate: the same
+buckets (the time index only where its directory says a wanted type is), the same period and cursor
+bounds, the same order (time ms, then event ref, both descending), and the same per-group quotas. What
+it cannot decide (a digest collision, the text filter, a token's scope) the caller checks on the decoded
+records, and asks again from where a short group stopped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from trackdelivery.store.codec import as_bytes
+from trackdelivery.store.keys import DIGEST_BYTES, KeySpace, Kind
+
+WALK_SCRIPT = r"""
+local function be32(s, at)
+  local a, b, c, d = string.byte(s, at, at + 3)
+  return ((a * 256 + b) * 256 + c) * 256 + d
+end
+local function pack32(x)
+  return string.char(math.floor(x / 16777216) % 256, math.floor(x / 65536) % 256, math.floor(x / 256) % 256, x % 256)
+end
+-- byte-wise a < b (Lua's own string order follows the locale)
+local function ref_less(a, b)
+  for i = 1, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return false
+end
+local function bounds(head, head_next, base, lo, top)
+  local upper, lower = '(' .. head_next, '[' .. head
+  local low_off, high_off = lo - base, top - base
+  if low_off >= 0 and low_off <= 4294967294 then lower = '[' .. head .. pack32(low_off) end
+  if high_off >= 0 and high_off < 4294967294 then upper = '(' .. head .. pack32(high_off + 1) end
+  return upper, lower
+end
+
+local at = 1
+local function take() local v = ARGV[at]; at = at + 1; return v end
+local function num() return tonumber(take()) end
+local prefix = take()
+local lo, hi = num(), num()
+local cursor_ms, cursor_ref = num(), take()
+local budget, directory, max_buckets = num(), num(), num()
+local groups = {}
+for g = 1, num() do groups[g] = {mask = num(), room = num()} end
+local sources = {}
+for s = 1, num() do
+  sources[s] = {kind = take(), width = num(), head = take(), head_next = take(), first = num(), count = num()}
+end
+local checks = {}
+for c = 1, num() do
+  local alternatives = {}
+  for a = 1, num() do
+    alternatives[a] = {kind = take(), width = num(), head = take(), head_next = take(), first = num(), splits = num()}
+  end
+  checks[c] = alternatives
+end
+
+local function in_mask(mask, code) return bit.band(mask, bit.lshift(1, code)) ~= 0 end
+local function room()
+  local most = 0
+  for _, g in ipairs(groups) do if g.room > most then most = g.room end end
+  return most
+end
+
+local scanned = 0
+-- candidates of one bucket, as parallel arrays (time ms, index member, type code); the event ref is the
+-- member from REF on
+local REF = DIGEST + 6
+local cms, cmem, ccode, count = {}, {}, {}, 0
+
+-- byte-wise: is the ref in member a less than the ref in member b?
+local function member_ref_less(a, b)
+  for i = REF, #a do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return false
+end
+
+-- drops the candidates from index first..count that are absent from every alternative's index of a check
+local function check(first, alternatives)
+  if count < first then return end
+  local present = {}
+  if count - first < 8 then
+    for i = first, count do
+      local ref = string.sub(cmem[i], REF)
+      for _, alt in ipairs(alternatives) do
+        local bucket = math.floor(cms[i] / alt.width)
+        local partition = alt.first
+        if alt.splits > 1 then partition = partition + be32(ref, 8) % alt.splits end
+        local key = prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition
+        local member = alt.head .. pack32(cms[i] - bucket * alt.width) .. string.char(ccode[i]) .. ref
+        if redis.call('ZSCORE', key, member) then present[ref] = true break end
+      end
+    end
+  else
+    local newest, oldest = cms[first], cms[first]
+    for i = first, count do
+      if cms[i] > newest then newest = cms[i] end
+      if cms[i] < oldest then oldest = cms[i] end
+    end
+    for _, alt in ipairs(alternatives) do
+      for bucket = math.floor(newest / alt.width), math.floor(oldest / alt.width), -1 do
+        local upper, lower = bounds(alt.head, alt.head_next, bucket * alt.width, oldest, newest)
+        for partition = alt.first, alt.first + alt.splits - 1 do
+          local key = prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition
+          local entries = redis.call('ZREVRANGEBYLEX', key, upper, lower)
+          scanned = scanned + #entries
+          for _, m in ipairs(entries) do present[string.sub(m, REF)] = true end
+        end
+      end
+    end
+  end
+  local kept = first - 1
+  for i = first, count do
+    if present[string.sub(cmem[i], REF)] then
+      kept = kept + 1
+      cms[kept], cmem[kept], ccode[kept] = cms[i], cmem[i], ccode[i]
+    end
+  end
+  for i = kept + 1, count do cms[i], cmem[i], ccode[i] = nil, nil, nil end
+  count = kept
+end
+
+local width = sources[1].width
+local buckets = {}
+if directory > 0 then
+  local known = {}
+  for code = 1, 30 do
+    if in_mask(directory, code) then
+      local busy = redis.call('ZRANGEBYSCORE', prefix .. 'tb:' .. code, math.floor(lo / width), math.floor(hi / width))
+      for _, b in ipairs(busy) do
+        local n = tonumber(b)
+        if not known[n] then known[n] = true buckets[#buckets + 1] = n end
+      end
+    end
+  end
+  table.sort(buckets, function(a, b) return a > b end)
+else
+  for b = math.floor(hi / width), math.floor(lo / width), -1 do buckets[#buckets + 1] = b end
+end
+
+local out, n_out = {0, 0, 0, 0}, 4
+local finished, complete = 1, 1
+local SLOT = 1048576
+local single = #groups == 1
+local union = #sources > 1
+-- the type codes some group still has room for
+local wanted
+local function refresh_wanted()
+  wanted = {}
+  for code = 0, 30 do
+    for _, g in ipairs(groups) do if g.room > 0 and in_mask(g.mask, code) then wanted[code] = true end end
+  end
+end
+refresh_wanted()
+local seen = union and {} or nil
+local visited, resume = 0, -1
+for _, bucket in ipairs(buckets) do
+  local need = room()
+  if need <= 0 then finished = 0 break end
+  if scanned >= budget then complete = 0 break end
+  -- a long walk (a rare value over many buckets) hands back between calls, so other searches need not
+  -- wait behind it: the caller continues from this bucket's end
+  if visited >= max_buckets then finished = 0 resume = (bucket + 1) * width - 1 break end
+  visited = visited + 1
+  local base = bucket * width
+  cms, cmem, ccode, count = {}, {}, {}, 0
+  local sets = 0
+  for _, s in ipairs(sources) do
+    local upper, lower = bounds(s.head, s.head_next, base, lo, hi)
+    for partition = s.first, s.first + s.count - 1 do
+      local key = prefix .. 'x:' .. s.kind .. ':' .. bucket .. ':' .. partition
+      local page = math.max(math.min(need, 250), 16)
+      if not single then page = math.min(page * 2, 250) end
+      local got = {}
+      for g = 1, #groups do got[g] = 0 end
+      local top = upper
+      local before = count
+      while true do
+        local entries = redis.call('ZREVRANGEBYLEX', key, top, lower, 'LIMIT', 0, page)
+        scanned = scanned + #entries
+        local first = count + 1
+        for _, m in ipairs(entries) do
+          local code = string.byte(m, DIGEST + 5)
+          if wanted[code] then
+            local ms = base + be32(m, DIGEST + 1)
+            if ms >= lo and ms <= hi and (cursor_ms < 0 or ms < cursor_ms
+                or (ms == cursor_ms and ref_less(string.sub(m, REF), cursor_ref))) then
+              count = count + 1
+              cms[count], cmem[count], ccode[count] = ms, m, code
+            end
+          end
+        end
+        for _, alternatives in ipairs(checks) do check(first, alternatives) end
+        if single then
+          got[1] = got[1] + count - first + 1
+        else
+          for i = first, count do
+            for g, group in ipairs(groups) do if in_mask(group.mask, ccode[i]) then got[g] = got[g] + 1 end end
+          end
+        end
+        if #entries < page then break end
+        local enough = true
+        for g, group in ipairs(groups) do if group.room > 0 and got[g] < group.room then enough = false end end
+        if enough then break end
+        top = '(' .. entries[#entries]
+      end
+      if count > before then sets = sets + 1 end
+    end
+  end
+  -- newest first: time, then event ref (both descending). Entries of one set already come newest first
+  -- (member order: time, type, ref), so only entries sharing a millisecond may need reordering.
+  local ordered = {}
+  if sets > 1 then
+    local order = {}
+    for i = 1, count do order[i] = (cms[i] - base) * SLOT + i end
+    table.sort(order)
+    for k = count, 1, -1 do ordered[count - k + 1] = order[k] % SLOT end
+  else
+    for i = 1, count do ordered[i] = i end
+  end
+  local i = 1
+  while i <= count do
+    local j = i
+    while j < count and cms[ordered[j + 1]] == cms[ordered[i]] do j = j + 1 end
+    if j > i then
+      local run = {}
+      for k = i, j do run[#run + 1] = ordered[k] end
+      table.sort(run, function(a, b) return member_ref_less(cmem[b], cmem[a]) end)
+      for k = i, j do ordered[k] = run[k - i + 1] end
+    end
+    i = j + 1
+  end
+  -- take candidates while a group has room, then read their records one HMGET per message; a record
+  -- that is gone (expired, replaced) gives its room back to the candidates after it
+  local at = 1
+  while at <= count and room() > 0 do
+    local batch, n_batch = {}, 0
+    local messages, fields, slots = {}, {}, {}
+    while at <= count and room() > 0 do
+      local c = ordered[at]
+      at = at + 1
+      local m = cmem[c]
+      local fresh = true
+      if seen then
+        local ref = string.sub(m, REF)
+        if seen[ref] then fresh = false else seen[ref] = true end
+      end
+      local code = ccode[c]
+      local take = false
+      if fresh then
+        for _, group in ipairs(groups) do
+          if group.room > 0 and in_mask(group.mask, code) then take = true group.room = group.room - 1 end
+        end
+      end
+      if take then
+        n_batch = n_batch + 1
+        batch[n_batch] = c
+        local msgref = string.sub(m, REF, REF + 7)
+        local list = fields[msgref]
+        if not list then
+          list = {'a'}
+          fields[msgref] = list
+          messages[#messages + 1] = msgref
+        end
+        list[#list + 1] = string.sub(m, REF + 8)
+        slots[c] = #list
+      end
+    end
+    local arrival, values = {}, {}
+    for _, msgref in ipairs(messages) do
+      local reply = redis.call('HMGET', prefix .. 'm:' .. msgref, unpack(fields[msgref]))
+      arrival[msgref] = reply[1]
+      values[msgref] = reply
+    end
+    for k = 1, n_batch do
+      local c = batch[k]
+      local m = cmem[c]
+      local msgref = string.sub(m, REF, REF + 7)
+      local blob = values[msgref][slots[c]]
+      if blob then
+        out[n_out + 1], out[n_out + 2] = cms[c], string.sub(m, REF)
+        out[n_out + 3], out[n_out + 4] = arrival[msgref], blob
+        n_out = n_out + 4
+      else
+        for _, group in ipairs(groups) do
+          if in_mask(group.mask, ccode[c]) then group.room = group.room + 1 end
+        end
+      end
+    end
+  end
+  refresh_wanted()
+end
+out[1], out[2], out[3], out[4] = finished, complete, scanned, resume
+return out
+""".replace("DIGEST + 1", str(DIGEST_BYTES + 1)).replace("DIGEST + 5", str(DIGEST_BYTES + 5)).replace(
+    "DIGEST + 6", str(DIGEST_BYTES + 6)
+)
+
+
+#: buckets one call reads at most: a walk through many (a rare value over 30 days of hourly sets, 1,440
+#: reads) is split into calls of a millisecond or two, between which Redis serves other clients
+MAX_BUCKETS_PER_CALL = 64
+
+
+@dataclass(frozen=True, slots=True)
+class IndexValue:
+    """One value of one index kind: which sorted sets (per bucket) hold it and its member prefix."""
+
+    kind: Kind
+    width_ms: int
+    head: bytes
+    head_next: bytes
+    first_partition: int
+    partitions: int
+
+
+@dataclass(slots=True)
+class WalkRequest:
+    lo_ms: int
+    hi_ms: int
+    cursor: tuple[int, bytes] | None
+    budget: int
+    groups: list[tuple[int, int]]  # (type-code mask, room)
+    sources: list[IndexValue]
+    checks: list[list[IndexValue]] = field(default_factory=list)  # AND of ORs
+    directory_mask: int = 0  # time index: only buckets its per-type directory lists
+    max_buckets: int = MAX_BUCKETS_PER_CALL
+
+
+@dataclass(slots=True)
+class WalkReply:
+    finished: bool  # every bucket was read (False: every group filled up first)
+    complete: bool  # False: the scan budget ran out
+    scanned: int
+    candidates: list[tuple[int, bytes, bytes | None, bytes]]  # (time ms, event ref, arrival, event record)
+    resume_ms: int | None  # stopped after max_buckets: go on with buckets up to this ms
+
+
+class ServerWalk:
+    def __init__(self, client: aioredis.Redis, keys: KeySpace) -> None:
+        self.client = client
+        self.prefix = keys.prefix
+        self._sha: str | None = None
+
+    def arguments(self, request: WalkRequest) -> list[bytes | int]:
+        arguments: list[bytes | int] = [self.prefix, request.lo_ms, request.hi_ms]
+        if request.cursor is None:
+            arguments += [-1, b""]
+        else:
+            arguments += [request.cursor[0], request.cursor[1]]
+        arguments += [request.budget, request.directory_mask, request.max_buckets, len(request.groups)]
+        for mask, room in request.groups:
+            arguments += [mask, room]
+        arguments.append(len(request.sources))
+        for value in request.sources:
+            arguments += self._value(value)
+        arguments.append(len(request.checks))
+        for alternatives in request.checks:
+            arguments.append(len(alternatives))
+            for value in alternatives:
+                arguments += self._value(value)
+        return arguments
+
+    @staticmethod
+    def _value(value: IndexValue) -> list[bytes | int]:
+        return [value.kind.value.encode(), value.width_ms, value.head, value.head_next, value.first_partition,
+                value.partitions]
+
+    async def run(self, request: WalkRequest) -> WalkReply:
+        arguments = self.arguments(request)
+        if self._sha is None:
+            self._sha = as_bytes(await self.client.script_load(WALK_SCRIPT)).decode()
+        try:
+            reply = await self.client.evalsha(self._sha, 0, *arguments)
+        except NoScriptError:
+            self._sha = None
+            return await self.run(request)
+        candidates = [
+            (int(reply[at]), reply[at + 1], reply[at + 2], reply[at + 3]) for at in range(4, len(reply), 4)
+        ]
+        resume = int(reply[3])
+        return WalkReply(finished=bool(reply[0]), complete=bool(reply[1]), scanned=int(reply[2]),
+                         candidates=candidates, resume_ms=resume if resume >= 0 else None)
