@@ -9,6 +9,7 @@ scope), so no event object is built for a row that is only sent on.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from typing import Any
 
@@ -19,9 +20,9 @@ from trackdelivery.store import codec
 from trackdelivery.store.keys import MSGREF_BYTES, TYPES_BY_CODE
 
 try:  # built by `make install` (pip install ./native); TRACKDELIVERY_NATIVE=0 turns it off
-    from trackdelivery_native import RowDecoder as _NativeDecoder
+    _native: Any = importlib.import_module("trackdelivery_native")
 except ImportError:  # pragma: no cover - depends on the installation
-    _NativeDecoder = None
+    _native = None
 
 #: a search candidate as the walk returns it: (time ms, event ref, arrival record, event record)
 Candidate = tuple[int, bytes, "bytes | None", bytes]
@@ -29,7 +30,7 @@ _TYPES_BY_NAME = {event_type.value: event_type for event_type in EventType}
 
 
 def native_available() -> bool:
-    return _NativeDecoder is not None and os.environ.get("TRACKDELIVERY_NATIVE", "1") != "0"
+    return _native is not None and os.environ.get("TRACKDELIVERY_NATIVE", "1") != "0"
 
 
 class RowDecoder:
@@ -38,11 +39,11 @@ class RowDecoder:
     def __init__(self, compression: codec.RecordCompression, *, native: bool | None = None) -> None:
         self.compression = compression
         use_native = native_available() if native is None else native
-        if use_native and _NativeDecoder is None:
+        if use_native and _native is None:
             raise RuntimeError("the native row decoder is not installed (pip install ./native)")
-        self._native = None
+        self._native: Any = None
         if use_native:
-            self._native = _NativeDecoder(
+            self._native = _native.RowDecoder(
                 [f.name for f in dataclasses.fields(DeliveryEvent)],
                 dict(codec.EVENT_FIELDS),
                 {**codec.ARRIVAL_FIELDS, **codec.IDENTITY_FIELDS},
