@@ -105,6 +105,8 @@ return out
 """
 RANGES_PER_CALL = 1000
 
+_KIND_OF = {name: kind for kind, (name,) in _DRIVERS}
+
 #: indexed filters the walk intersects on the server when another filter drives it (any kind will do)
 _CHECK_KINDS = {
     "sender": (Kind.SENDER,),
@@ -402,7 +404,9 @@ class DeliverySearch:
                 raise InvalidQuery(f"max_results_by_type must be between 0 and {MAX_RESULTS_BY_TYPE_LIMIT}")
             groups = [_Group(types=frozenset((TYPE_CODES[t],)), want=per_type) for t in types]
         matcher = _matcher(query, settings.max_field_chars)
-        plan = None if self._walk is None or "msgid" in matcher.values else self._walk_plan(query, matcher, types)
+        plan = None
+        if self._walk is not None and "msgid" not in matcher.values:
+            plan = self._walk_plan(query, matcher, types, await self._sparsest(matcher, hi_ms))
         if plan is not None:
             complete, scanned = await self._collect_walk(plan, matcher, groups, lo_ms, hi_ms, cursor)
         else:
@@ -453,12 +457,41 @@ class DeliverySearch:
         return IndexValue(kind, keys.bucket_seconds(kind) * 1000, head, _increment(head), partitions.start,
                           len(partitions))
 
-    def _walk_plan(self, query: Query, matcher: _Matcher, types: frozenset[EventType]) -> _WalkPlan | None:
-        """What the walk reads (the driver of ``_sources``) and which other filters it intersects on the
-        server; None when its sources have different bucket widths (then the client walks)."""
+    async def _sparsest(self, matcher: _Matcher, hi_ms: int) -> str | None:
+        """With two or more single-value index filters, the one with the fewest entries per second in
+        its two newest buckets (one ``ZLEXCOUNT`` per set, one round trip): walking it and checking the
+        others reads the fewest entries. None with fewer than two."""
+        names = [name for _, (name,) in _DRIVERS if name in matcher.values and name != "msgid"]
+        if len(names) < 2:
+            return None
+        pipe = self.client.pipeline(transaction=False)
+        spans: list[tuple[str, int, int]] = []  # (name, sets counted, bucket width)
+        for name in names:
+            value = self._index_value(_KIND_OF[name], matcher.values[name])
+            newest = hi_ms // value.width_ms
+            sets = 0
+            for bucket in (newest, newest - 1):
+                for partition in range(value.first_partition, value.first_partition + value.partitions):
+                    pipe.zlexcount(self.keys.index(value.kind, bucket, partition), b"[" + value.head,
+                                   b"(" + value.head_next)
+                    sets += 1
+            spans.append((name, sets, value.width_ms))
+        counts = iter(await pipe.execute())
+        density = {name: sum(int(next(counts)) for _ in range(sets)) / width for name, sets, width in spans}
+        return min(names, key=lambda name: density[name])
+
+    def _walk_plan(
+        self, query: Query, matcher: _Matcher, types: frozenset[EventType], sparsest: str | None = None,
+    ) -> _WalkPlan | None:
+        """What the walk reads (the driver of ``_sources``, or ``sparsest``) and which other filters it
+        intersects on the server; None when its sources have different bucket widths (then the client
+        walks)."""
         values = matcher.values
         sources = self._sources(query, matcher)
         driver = next((name for _, names in _DRIVERS for name in names if name in values), None)
+        if sparsest is not None:
+            driver = sparsest
+            sources = [(_KIND_OF[sparsest], values[sparsest])]
         if driver is None and "address" in values:
             driver = "address"
         elif driver is None and "domain" in values:
