@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# rustup's cargo (native/ needs a current toolchain; Debian's is older) is often only on a login shell's PATH
+export PATH := $(HOME)/.cargo/bin:$(PATH)
 PYTEST_ARGS ?=
 
 .PHONY: install system-deps kafka-jars lint format test test-chaos bench demo dev-up dev-down clean lock config-docs
