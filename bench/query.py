@@ -257,12 +257,20 @@ def write_exim_log(path: Path, events: int, workers: int, now: float, span_days:
     partial.rename(path)
 
 
-def probe_recipient(workers: int, now: float, span_days: float) -> str:
-    """A recipient address the fill stored and the log holds (a mid-stream message of the first writer)."""
-    for number, (message, _) in enumerate(fleet_events(50_000, 1001, now - 60, span_days * 86400)):
-        if number >= 5_000 and message[0].msgid is not None and message[0].recipient:
-            return message[0].recipient
-    raise RuntimeError("the generator produced no message to ask about")
+def probe_recipient(events: int, workers: int, now: float, span_days: float) -> str:
+    """A recipient address the fill stored and the log holds: one of the first writer's first 10,000
+    messages (its middle one when it wrote fewer)."""
+    messages = []
+    for message, _ in fleet_events(events // workers, 1001, now - 60, span_days * 86400):
+        if message[0].msgid is not None and message[0].recipient:
+            messages.append(message)
+            if len(messages) >= 10_000:
+                break
+    if not messages:
+        raise RuntimeError("the generator produced no message to ask about")
+    recipient = messages[len(messages) // 2][0].recipient
+    assert recipient is not None
+    return recipient
 
 
 def exigrep_seconds(log: Path, address: str) -> tuple[float, int]:
@@ -320,7 +328,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     for _ in range(20):
         cpanel = await search.search_rows(per_type)
     cpanel_ms = (time.perf_counter() - started) / 20 * 1000
-    address = probe_recipient(args.workers, now, span_days)
+    address = probe_recipient(args.events, args.workers, now, span_days)
     ours = []
     for _ in range(50):
         started = time.perf_counter()
