@@ -105,20 +105,12 @@ return out
 """
 RANGES_PER_CALL = 1000
 
-_KIND_OF = {name: kind for kind, (name,) in _DRIVERS}
-
-#: indexed filters the walk intersects on the server when another filter drives it (any kind will do)
-_CHECK_KINDS = {
-    "sender": (Kind.SENDER,),
-    "recipient": (Kind.RECIPIENT,),
+#: filter -> the indexes that hold its value (either-side filters: any of two); the order filters drive
+#: a search in when given together
+_FILTER_KINDS: dict[str, tuple[Kind, ...]] = {
+    **{name: (kind,) for kind, (name,) in _DRIVERS},
     "address": (Kind.SENDER, Kind.RECIPIENT),
-    "sender_domain": (Kind.SENDER_DOMAIN,),
-    "recipient_domain": (Kind.RECIPIENT_DOMAIN,),
     "domain": (Kind.SENDER_DOMAIN, Kind.RECIPIENT_DOMAIN),
-    "server": (Kind.SERVER,),
-    "cpanel_user": (Kind.USER,),
-    "ip": (Kind.IP,),
-    "reason": (Kind.REASON,),
 }
 
 
@@ -187,7 +179,7 @@ class _Matcher:
         """The event fields ``matches_fields`` reads for this query."""
         names = ["time"]
         for name in self.values:
-            names += _FIELD_NAMES[name]
+            names += _FILTER_FIELDS[name][1]
         if self.text is not None:
             names += ["response", "subject"]
         if self.scope_users is not None or self.scope_domains is not None:
@@ -197,15 +189,16 @@ class _Matcher:
     def matches(self, event: DeliveryEvent, lo_ms: int, hi_ms: int) -> bool:
         return self.matches_fields(event.__getattribute__, lo_ms, hi_ms)
 
-    def matches_row(self, row: dict[str, Any], lo_ms: int, hi_ms: int) -> bool:
-        return self.matches_fields(row.__getitem__, lo_ms, hi_ms)
-
     def matches_fields(self, get: Callable[[str], Any], lo_ms: int, hi_ms: int) -> bool:
         """Only the filters that were given are checked; stored strings are already clean and bounded."""
         if not lo_ms <= int(get("time") * 1000) <= hi_ms:
             return False
         for name, wanted in self.values.items():
-            if wanted not in _FIELD_VALUES[name](get):
+            normalise, fields = _FILTER_FIELDS[name]
+            for field_name in fields:
+                if normalise(get(field_name)) == wanted:
+                    break
+            else:
                 return False
         if self.text is not None:
             haystack = f"{get('response') or ''}\x00{get('subject') or ''}".casefold()
@@ -251,34 +244,24 @@ def _text(value: object) -> str | None:
     return None if value is None else str(value)
 
 
-Getter = Callable[[str], Any]
-#: the event fields each filter compares (what ``_FIELD_VALUES`` reads)
-_FIELD_NAMES: dict[str, tuple[str, ...]] = {
-    "sender": ("sender",),
-    "recipient": ("recipient", "original_recipient"),
-    "address": ("sender", "recipient", "original_recipient"),
-    "sender_domain": ("sender_domain",),
-    "recipient_domain": ("recipient_domain",),
-    "domain": ("sender_domain", "recipient_domain"),
-    "server": ("server",),
-    "cpanel_user": ("cpanel_user",),
-    "msgid": ("msgid",),
-    "ip": ("client_ip", "remote_ip"),
-    "reason": ("reason",),
-}
-#: the normalised values of an event a filter compares with (stored values are already bounded and clean)
-_FIELD_VALUES: dict[str, Callable[[Getter], tuple[str | None, ...]]] = {
-    "sender": lambda get: (_lower(get("sender")),),
-    "recipient": lambda get: (_lower(get("recipient")), _lower(get("original_recipient"))),
-    "address": lambda get: (_lower(get("sender")), _lower(get("recipient")), _lower(get("original_recipient"))),
-    "sender_domain": lambda get: (_lower(get("sender_domain")),),
-    "recipient_domain": lambda get: (_lower(get("recipient_domain")),),
-    "domain": lambda get: (_lower(get("sender_domain")), _lower(get("recipient_domain"))),
-    "server": lambda get: (_lower(get("server")),),
-    "cpanel_user": lambda get: (_lower(get("cpanel_user")),),
-    "msgid": lambda get: (get("msgid"),),
-    "ip": lambda get: (_ip(get("client_ip")), _ip(get("remote_ip"))),
-    "reason": lambda get: (_text(get("reason")),),
+def _same(value: str | None) -> str | None:
+    return value
+
+
+#: filter -> (how an event's value is normalised, the event fields it is compared with); stored values
+#: are already bounded and clean
+_FILTER_FIELDS: dict[str, tuple[Callable[[Any], str | None], tuple[str, ...]]] = {
+    "sender": (_lower, ("sender",)),
+    "recipient": (_lower, ("recipient", "original_recipient")),
+    "address": (_lower, ("sender", "recipient", "original_recipient")),
+    "sender_domain": (_lower, ("sender_domain",)),
+    "recipient_domain": (_lower, ("recipient_domain",)),
+    "domain": (_lower, ("sender_domain", "recipient_domain")),
+    "server": (_lower, ("server",)),
+    "cpanel_user": (_lower, ("cpanel_user",)),
+    "msgid": (_same, ("msgid",)),
+    "ip": (_ip, ("client_ip", "remote_ip")),
+    "reason": (_text, ("reason",)),
 }
 
 
@@ -406,7 +389,7 @@ class DeliverySearch:
         matcher = _matcher(query, settings.max_field_chars)
         plan = None
         if self._walk is not None and "msgid" not in matcher.values:
-            plan = self._walk_plan(query, matcher, types, await self._sparsest(matcher, hi_ms))
+            plan = self._walk_plan(matcher, types, await self._sparsest(matcher, hi_ms))
         if plan is not None:
             complete, scanned = await self._collect_walk(plan, matcher, groups, lo_ms, hi_ms, cursor)
         else:
@@ -467,7 +450,7 @@ class DeliverySearch:
         pipe = self.client.pipeline(transaction=False)
         spans: list[tuple[str, int, int]] = []  # (name, sets counted, bucket width)
         for name in names:
-            value = self._index_value(_KIND_OF[name], matcher.values[name])
+            value = self._index_value(_FILTER_KINDS[name][0], matcher.values[name])
             newest = hi_ms // value.width_ms
             sets = 0
             for bucket in (newest, newest - 1):
@@ -481,21 +464,15 @@ class DeliverySearch:
         return min(names, key=lambda name: density[name])
 
     def _walk_plan(
-        self, query: Query, matcher: _Matcher, types: frozenset[EventType], sparsest: str | None = None,
+        self, matcher: _Matcher, types: frozenset[EventType], sparsest: str | None = None,
     ) -> _WalkPlan | None:
-        """What the walk reads (the driver of ``_sources``, or ``sparsest``) and which other filters it
+        """What the walk reads (the driver ``_sources`` picks, or ``sparsest``) and which other filters it
         intersects on the server; None when its sources have different bucket widths (then the client
         walks)."""
         values = matcher.values
-        sources = self._sources(query, matcher)
-        driver = next((name for _, names in _DRIVERS for name in names if name in values), None)
+        driver, sources = self._sources(matcher)
         if sparsest is not None:
-            driver = sparsest
-            sources = [(_KIND_OF[sparsest], values[sparsest])]
-        if driver is None and "address" in values:
-            driver = "address"
-        elif driver is None and "domain" in values:
-            driver = "domain"
+            driver, sources = sparsest, [(_FILTER_KINDS[sparsest][0], values[sparsest])]
         directory = 0
         if sources is None:
             keys = self.keys
@@ -509,8 +486,8 @@ class DeliverySearch:
             return None
         checks = [
             [self._index_value(kind, values[name]) for kind in kinds]
-            for name, kinds in _CHECK_KINDS.items()
-            if name in values and name != driver
+            for name, kinds in _FILTER_KINDS.items()
+            if name in values and name not in (driver, "msgid")
         ]
         return _WalkPlan(driving, checks, directory)
 
@@ -540,8 +517,9 @@ class DeliverySearch:
             assert self._walk is not None
             reply = await self._walk.run(request)
             scanned += reply.scanned
+            # a record's first 3 bytes name its dictionary: look each up once, not once per record
             await self._load_dictionaries(
-                [blob for candidate in reply.candidates for blob in (candidate[2], candidate[3])]
+                list({blob[:3] for candidate in reply.candidates for blob in (candidate[2], candidate[3]) if blob})
             )
             last: dict[int, SortKey] = {}
             returned = [0] * len(batch)
@@ -569,23 +547,20 @@ class DeliverySearch:
                 queue.append((short, start, reply.resume_ms))
         return True, scanned
 
-    def _sources(self, query: Query, matcher: _Matcher) -> list[tuple[Kind, str]] | None:
-        """The index values whose union holds every answer; None = the per-type time index."""
+    def _sources(self, matcher: _Matcher) -> tuple[str | None, list[tuple[Kind, str]] | None]:
+        """The filter that drives the search (the first given in ``_FILTER_KINDS`` order) and the index
+        values whose union holds every answer; without one, the scope's users and domains, else None: the
+        per-type time index."""
         values = matcher.values
-        for kind, names in _DRIVERS:
-            for name in names:
-                if name in values:
-                    return [(kind, values[name])]
-        if "address" in values:
-            return [(Kind.SENDER, values["address"]), (Kind.RECIPIENT, values["address"])]
-        if "domain" in values:
-            return [(Kind.SENDER_DOMAIN, values["domain"]), (Kind.RECIPIENT_DOMAIN, values["domain"])]
+        driver = next((name for name in _FILTER_KINDS if name in values), None)
+        if driver is not None:
+            return driver, [(kind, values[driver]) for kind in _FILTER_KINDS[driver]]
         if matcher.scope_users is not None or matcher.scope_domains is not None:
             sources = [(Kind.USER, user) for user in sorted(matcher.scope_users or ())]
             for domain in sorted(matcher.scope_domains or ()):
                 sources += [(Kind.SENDER_DOMAIN, domain), (Kind.RECIPIENT_DOMAIN, domain)]
-            return sources
-        return None
+            return None, sources
+        return None, None
 
     def _plan(
         self, sources: list[tuple[Kind, str]] | None, types: frozenset[int], lo_ms: int, hi_ms: int,
@@ -655,7 +630,7 @@ class DeliverySearch:
         all_types = frozenset().union(*(group.types for group in groups))
         if matcher.values.get("msgid") is not None:
             return await self._collect_msgid(matcher, groups, lo_ms, hi_ms, cursor)
-        sources = self._sources(query, matcher)
+        _, sources = self._sources(matcher)
         plan = self._plan(sources, all_types, lo_ms, hi_ms)
         if sources is None:
             plan = await self._busy_buckets(plan, all_types, lo_ms, hi_ms)

@@ -17,12 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from redis.exceptions import NoScriptError
 
-from trackdelivery.store.codec import as_bytes
 from trackdelivery.store.keys import DIGEST_BYTES, KeySpace, Kind
 
-WALK_SCRIPT = r"""
+WALK_SCRIPT = f"local DIGEST = {DIGEST_BYTES}\n" + r"""
 local function be32(s, at)
   local a, b, c, d = string.byte(s, at, at + 3)
   return ((a * 256 + b) * 256 + c) * 256 + d
@@ -30,9 +28,9 @@ end
 local function pack32(x)
   return string.char(math.floor(x / 16777216) % 256, math.floor(x / 65536) % 256, math.floor(x / 256) % 256, x % 256)
 end
--- byte-wise a < b (Lua's own string order follows the locale)
-local function ref_less(a, b)
-  for i = 1, #a do
+-- byte-wise: is a < b from position at on (Lua's own string order follows the locale)?
+local function less_from(a, b, at)
+  for i = at, #a do
     local x, y = string.byte(a, i), string.byte(b, i)
     if x ~= y then return x < y end
   end
@@ -80,15 +78,6 @@ local scanned = 0
 -- member from REF on
 local REF = DIGEST + 6
 local cms, cmem, ccode, count = {}, {}, {}, 0
-
--- byte-wise: is the ref in member a less than the ref in member b?
-local function member_ref_less(a, b)
-  for i = REF, #a do
-    local x, y = string.byte(a, i), string.byte(b, i)
-    if x ~= y then return x < y end
-  end
-  return false
-end
 
 -- drops the candidates from index first..count that are absent from every alternative's index of a check
 local function check(first, alternatives)
@@ -153,8 +142,8 @@ else
   for b = math.floor(hi / width), math.floor(lo / width), -1 do buckets[#buckets + 1] = b end
 end
 
-local out, n_out = {0, 0, 0, 0}, 4
-local finished, complete = 1, 1
+local out, n_out = {0, 0, 0}, 3
+local complete = 1
 local SLOT = 1048576
 local single = #groups == 1
 local union = #sources > 1
@@ -172,11 +161,11 @@ local seen = union and {} or nil
 local visited, resume = 0, -1
 for _, bucket in ipairs(buckets) do
   local need = room()
-  if need <= 0 then finished = 0 break end
+  if need <= 0 then break end
   if scanned >= budget then complete = 0 break end
   -- a long walk (a rare value over many buckets) hands back between calls, so other searches need not
   -- wait behind it: the caller continues from this bucket's end
-  if visited >= max_buckets then finished = 0 resume = (bucket + 1) * width - 1 break end
+  if visited >= max_buckets then resume = (bucket + 1) * width - 1 break end
   visited = visited + 1
   local base = bucket * width
   cms, cmem, ccode, count = {}, {}, {}, 0
@@ -205,7 +194,7 @@ for _, bucket in ipairs(buckets) do
           if wanted[code] then
             local ms = base + be32(m, DIGEST + 1)
             if ms >= lo and ms <= hi and (cursor_ms < 0 or ms < cursor_ms
-                or (ms == cursor_ms and ref_less(string.sub(m, REF), cursor_ref))) then
+                or (ms == cursor_ms and less_from(string.sub(m, REF), cursor_ref, 1))) then
               count = count + 1
               cms[count], cmem[count], ccode[count] = ms, m, code
             end
@@ -249,7 +238,7 @@ for _, bucket in ipairs(buckets) do
     if j > i then
       local run = {}
       for k = i, j do run[#run + 1] = ordered[k] end
-      table.sort(run, function(a, b) return member_ref_less(cmem[b], cmem[a]) end)
+      table.sort(run, function(a, b) return less_from(cmem[b], cmem[a], REF) end)
       for k = i, j do ordered[k] = run[k - i + 1] end
     end
     i = j + 1
@@ -318,11 +307,9 @@ for _, bucket in ipairs(buckets) do
   end
   if filled then refresh_wanted() filled = false end
 end
-out[1], out[2], out[3], out[4] = finished, complete, scanned, resume
+out[1], out[2], out[3] = complete, scanned, resume
 return out
-""".replace("DIGEST + 1", str(DIGEST_BYTES + 1)).replace("DIGEST + 5", str(DIGEST_BYTES + 5)).replace(
-    "DIGEST + 6", str(DIGEST_BYTES + 6)
-)
+"""
 
 
 #: buckets one call reads at most: a walk through many (a rare value over 30 days of hourly sets, 1,440
@@ -357,7 +344,6 @@ class WalkRequest:
 
 @dataclass(slots=True)
 class WalkReply:
-    finished: bool  # every bucket was read (False: every group filled up first)
     complete: bool  # False: the scan budget ran out
     scanned: int
     candidates: list[tuple[int, bytes, bytes | None, bytes]]  # (time ms, event ref, arrival, event record)
@@ -366,9 +352,8 @@ class WalkReply:
 
 class ServerWalk:
     def __init__(self, client: aioredis.Redis, keys: KeySpace) -> None:
-        self.client = client
         self.prefix = keys.prefix
-        self._sha: str | None = None
+        self._script = client.register_script(WALK_SCRIPT)  # EVALSHA, loaded again after NOSCRIPT
 
     def arguments(self, request: WalkRequest) -> list[bytes | int]:
         arguments: list[bytes | int] = [self.prefix, request.lo_ms, request.hi_ms]
@@ -395,17 +380,10 @@ class ServerWalk:
                 value.partitions]
 
     async def run(self, request: WalkRequest) -> WalkReply:
-        arguments = self.arguments(request)
-        if self._sha is None:
-            self._sha = as_bytes(await self.client.script_load(WALK_SCRIPT)).decode()
-        try:
-            reply = await self.client.evalsha(self._sha, 0, *arguments)
-        except NoScriptError:
-            self._sha = None
-            return await self.run(request)
+        reply = await self._script(keys=[], args=self.arguments(request))
         candidates = [
-            (int(reply[at]), reply[at + 1], reply[at + 2], reply[at + 3]) for at in range(4, len(reply), 4)
+            (int(reply[at]), reply[at + 1], reply[at + 2], reply[at + 3]) for at in range(3, len(reply), 4)
         ]
-        resume = int(reply[3])
-        return WalkReply(finished=bool(reply[0]), complete=bool(reply[1]), scanned=int(reply[2]),
-                         candidates=candidates, resume_ms=resume if resume >= 0 else None)
+        resume = int(reply[2])
+        return WalkReply(complete=bool(reply[0]), scanned=int(reply[1]), candidates=candidates,
+                         resume_ms=resume if resume >= 0 else None)

@@ -142,27 +142,35 @@ def _arrival_fields(data: dict[str, Any]) -> dict[str, Any]:
     return fields
 
 
-def decode_event(blob: bytes, arrival: dict[str, Any] | None) -> DeliveryEvent:
-    """``arrival`` = ``decode_arrival`` of the message's record (None: the event carries its own)."""
-    data: dict[str, Any] = orjson.loads(blob)
+def _event_fields(data: dict[str, Any], arrival: dict[str, Any] | None) -> dict[str, Any]:
+    """An event record's fields by event field name, with its message's arrival data; ``reason`` and
+    ``rt`` (the retry state list) still as stored, ``event_id`` only when stored."""
     fields: dict[str, Any] = {_EVENT_BY_KEY[key]: value for key, value in data.items() if key in _EVENT_BY_KEY}
     fields["type"] = TYPES_BY_CODE[data["y"]]
     fields.setdefault("msgid", None)
     fields.setdefault("server", "")
     fields["recipient_domain"] = data["rd"] if "rd" in data else domain_of(fields.get("recipient"))
+    if "id" in data:
+        fields["event_id"] = data["id"]
+    fields.update(arrival if arrival is not None and "h" not in data else _arrival_fields(data))
+    return fields
+
+
+def decode_event(blob: bytes, arrival: dict[str, Any] | None) -> DeliveryEvent:
+    """``arrival`` = ``decode_arrival`` of the message's record (None: the event carries its own)."""
+    data: dict[str, Any] = orjson.loads(blob)
+    fields = _event_fields(data, arrival)
     if fields.get("reason") is not None:
         fields["reason"] = Reason(fields["reason"])
     if "rt" in data:
         fields["retry"] = RetryState(*data["rt"])
-    if "id" in data:
-        fields["event_id"] = data["id"]
-    fields.update(arrival if arrival is not None and "h" not in data else _arrival_fields(data))
     return DeliveryEvent(**fields)
 
 
 _ROW_TEMPLATE: dict[str, Any] = {f.name: None for f in dataclasses.fields(DeliveryEvent)}
 _ROW_TEMPLATE["v"] = SCHEMA_VERSION
 _RETRY_NAMES = tuple(f.name for f in dataclasses.fields(RetryState))
+_NO_RETRY = dataclasses.asdict(RetryState())
 
 
 def decode_event_row(blob: bytes, arrival: dict[str, Any] | None) -> dict[str, Any]:
@@ -170,22 +178,13 @@ def decode_event_row(blob: bytes, arrival: dict[str, Any] | None) -> dict[str, A
     the same keys in the same order, the type as its ``EventType`` and the reason as its value."""
     data: dict[str, Any] = orjson.loads(blob)
     row = _ROW_TEMPLATE.copy()
-    for key, value in data.items():
-        name = _EVENT_BY_KEY.get(key)
-        if name is not None:
-            row[name] = value
-    event_type = row["type"] = TYPES_BY_CODE[data["y"]]
-    row["server"] = ""
-    row.update(arrival if arrival is not None and "h" not in data else _arrival_fields(data))
-    recipient = row["recipient"]
-    row["recipient_domain"] = data["rd"] if "rd" in data else domain_of(recipient)
+    row.update(_event_fields(data, arrival))
     retry = data.get("rt")
-    row["retry"] = dict(zip(_RETRY_NAMES, retry, strict=True)) if retry is not None else {
-        "attempt": 0, "first_attempt": None, "last_attempt": None, "next_retry": None, "give_up": None,
-    }
-    row["event_id"] = data["id"] if "id" in data else make_event_id(
-        row["server"], row["msgid"], recipient, event_type, row["time"], row["retry"]["attempt"]
-    )
+    row["retry"] = dict(zip(_RETRY_NAMES, retry, strict=True)) if retry is not None else dict(_NO_RETRY)
+    if "id" not in data:
+        row["event_id"] = make_event_id(
+            row["server"], row["msgid"], row["recipient"], row["type"], row["time"], row["retry"]["attempt"]
+        )
     return row
 
 
