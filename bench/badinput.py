@@ -514,26 +514,10 @@ class Child:
 
 def topic_records(bootstrap: str, topic: str) -> Iterator[tuple[int, int, bytes]]:
     """``(partition, offset, value)`` of every record of ``topic``, partition by partition, in offset order."""
-    from kafka import KafkaConsumer, TopicPartition
+    from trackdelivery.kafka_clients import read_topic
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-                             max_partition_fetch_bytes=8 * MIB, fetch_max_bytes=32 * MIB, request_timeout_ms=30_000)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        ends = consumer.end_offsets(partitions)
-        for tp in partitions:
-            consumer.assign([tp])
-            consumer.seek_to_beginning(tp)
-            deadline = time.monotonic() + 300
-            while consumer.position(tp) < ends[tp]:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"could not read {topic}[{tp.partition}] to its end")
-                for records in consumer.poll(timeout_ms=1000, max_records=2000).values():
-                    for record in records:
-                        if record.offset < ends[tp]:
-                            yield tp.partition, record.offset, record.value
-    finally:
-        consumer.close()
+    for record in read_topic(bootstrap, topic, timeout=300):
+        yield record.partition, record.offset, record.value
 
 
 @dataclass

@@ -500,19 +500,11 @@ class ChaosRun:
         return DeliverySearch(kind.from_url(self.redis.url), StoreSettings(prefix=self.prefix))
 
     def behind(self) -> int:
-        from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+        from trackdelivery import kafka_clients
 
-        admin = KafkaAdminClient(bootstrap_servers=self.kafka.bootstrap)
-        consumer = KafkaConsumer(bootstrap_servers=self.kafka.bootstrap, group_id=None, enable_auto_commit=False)
-        try:
-            raw = self.topics.raw
-            tps = [TopicPartition(raw, p) for p in sorted(consumer.partitions_for_topic(raw) or ())]
-            end = consumer.end_offsets(tps)
-            committed = admin.list_group_offsets(self.group).get(self.group, {})
-            return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
-        finally:
-            consumer.close()
-            admin.close()
+        end = kafka_clients.end_offsets(self.kafka.bootstrap, self.topics.raw)
+        committed = kafka_clients.committed_offsets(self.kafka.bootstrap, self.group, self.topics.raw)
+        return sum(offset - committed.get(partition, 0) for partition, offset in end.items())
 
     async def wait_drained(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout

@@ -23,6 +23,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -78,21 +79,15 @@ def records_of(path: Path, server: str, per_record: int) -> list[bytes]:
 
 
 def produce(bootstrap: str, topic: str, files: list[Path], per_record: int) -> int:
-    from kafka import KafkaProducer
+    from trackdelivery.kafka_clients import produce as produce_records
 
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1 << 20,
-                             max_request_size=8 << 20)
-    count = 0
-    try:
+    def keyed() -> Iterator[tuple[bytes, bytes]]:
         for path in files:
             server = path.parent.name
             for record in records_of(path, server, per_record):
-                producer.send(topic, key=server.encode(), value=record)
-                count += 1
-        producer.flush(timeout=300)
-    finally:
-        producer.close()
-    return count
+                yield server.encode(), record
+
+    return produce_records(bootstrap, topic, keyed(), timeout=300, **{"batch.size": 1 << 20})
 
 
 def metric(port: int, name: str) -> float:

@@ -23,11 +23,11 @@ import uuid
 from pathlib import Path
 
 import orjson
-from kafka import KafkaConsumer, TopicPartition
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from trackdelivery import kafka_clients  # noqa: E402
 from trackdelivery.devenv.kafka import KafkaBroker  # noqa: E402
 from trackdelivery.records import decode_batch  # noqa: E402
 from trackdelivery.topics import create_topics  # noqa: E402
@@ -100,12 +100,7 @@ def timed(command: list[str]) -> tuple[float, float, float]:
 
 
 def count_kcat(bootstrap: str, topic: str) -> int:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        partition = TopicPartition(topic, 0)
-        return consumer.end_offsets([partition])[partition]
-    finally:
-        consumer.close()
+    return sum(kafka_clients.end_offsets(bootstrap, topic).values())
 
 
 def count_shipped(bootstrap: str, topic: str) -> tuple[int, int]:
@@ -113,23 +108,13 @@ def count_shipped(bootstrap: str, topic: str) -> tuple[int, int]:
 
     Counted with a per-file high-water mark instead of a set of a million keys: this process forks the
     next child, whose peak RSS would otherwise include our memory."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, auto_offset_reset="earliest", enable_auto_commit=False,
-                             consumer_timeout_ms=10_000, max_partition_fetch_bytes=8 << 20)
-    partition = TopicPartition(topic, 0)
-    consumer.assign([partition])
-    end = consumer.end_offsets([partition])[partition]
     lines, distinct, highest = 0, 0, {}
-    try:
-        while consumer.position(partition) < end:
-            for records in consumer.poll(timeout_ms=2000).values():
-                for record in records:
-                    for line in decode_batch(record.value):
-                        lines += 1
-                        if line.offset > highest.get(line.file, -1):
-                            distinct += 1
-                            highest[line.file] = line.offset
-    finally:
-        consumer.close()
+    for record in kafka_clients.read_topic(bootstrap, topic, timeout=300):
+        for line in decode_batch(record.value):
+            lines += 1
+            if line.offset > highest.get(line.file, -1):
+                distinct += 1
+                highest[line.file] = line.offset
     return lines, distinct
 
 

@@ -26,25 +26,19 @@ def raw_topic_partitions(
 
     ``bootstrap_servers`` is a ``KafkaSettings`` (its TLS/SASL settings apply) or a bare address (PLAINTEXT).
     """
-    from kafka import KafkaConsumer
-    from kafka.errors import KafkaError
+    from trackdelivery.kafka_clients import KafkaException, partition_count
 
     kafka = as_kafka_settings(bootstrap_servers)
     deadline = time.monotonic() + wait
     last_error: Exception | None = None
     while time.monotonic() < deadline:
         try:
-            consumer = KafkaConsumer(**kafka.kafka_python_config(), client_id="trackdelivery-process-probe")
-        except KafkaError as error:
+            partitions = partition_count(kafka, topic, timeout=max(1.0, min(10.0, deadline - time.monotonic())))
+        except KafkaException as error:
             last_error = error
-            time.sleep(1.0)
-            continue
-        try:
-            partitions = consumer.partitions_for_topic(topic)
-        finally:
-            consumer.close()
+            partitions = 0
         if partitions:
-            return len(partitions)
+            return partitions
         time.sleep(1.0)
     detail = f": {last_error}" if last_error else ""
     raise click.ClickException(f"topic {topic!r} not found on {kafka.bootstrap_servers}{detail} (create it first)")

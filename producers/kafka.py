@@ -15,7 +15,6 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 if TYPE_CHECKING:
     from producers.settings import ShipperSettings
-    from trackdelivery.settings import KafkaSettings
 
 __all__ = ["CONFIGURATION_ERRORS", "KafkaError", "KafkaException", "Producer", "discard", "make_producer",
            "producer_config"]
@@ -28,27 +27,10 @@ BATCH_BYTES = 960 << 10  # a produce batch stays below the broker's default 1 Mi
 CONFIGURATION_ERRORS = frozenset({KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL})
 
 
-def security_config(kafka: KafkaSettings) -> dict[str, Any]:
-    """librdkafka's names for the shared ``KAFKA_*`` TLS and SASL settings."""
-    config: dict[str, Any] = {"security.protocol": kafka.security_protocol.lower()}
-    if kafka.uses_sasl:
-        assert kafka.sasl_username is not None and kafka.sasl_password is not None  # validated by KafkaSettings
-        config.update({"sasl.mechanism": kafka.sasl_mechanism, "sasl.username": kafka.sasl_username,
-                       "sasl.password": kafka.sasl_password.get_secret_value()})
-    if kafka.uses_ssl:
-        # No CA file: the system's CAs, like kafka-python and aiokafka (librdkafka probes the usual paths).
-        config["ssl.ca.location"] = kafka.ssl_cafile or "probe"
-        if kafka.ssl_certfile:
-            config["ssl.certificate.location"] = kafka.ssl_certfile
-            config["ssl.key.location"] = kafka.ssl_keyfile or kafka.ssl_certfile  # the key may be in the cert file
-    return config
-
-
 def producer_config(settings: ShipperSettings, **overrides: Any) -> dict[str, Any]:
     kafka = settings.kafka_settings()
     config: dict[str, Any] = {
-        "bootstrap.servers": ",".join(kafka.bootstrap_list()),
-        **security_config(kafka),
+        **kafka.librdkafka_config(),
         "client.id": f"trackdelivery-shipper-{settings.server}",
         "acks": "all",
         "enable.idempotence": True,  # no duplicates from retries, and a partition's records stay in order

@@ -4,8 +4,8 @@ One private broker (the dev tooling's, with its configuration replaced) listens 
 SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256), SASL_SSL (SCRAM-SHA-256, SCRAM-SHA-512) and SSL with required
 client certificates, beside the PLAINTEXT listener its controller and the test's own checks use.
 Every command is configured only through the ``KAFKA_*`` variables an operator would set:
-``topics create`` (kafka-python admin), ``replay`` (the shipper's producer), ``process`` (its probe
-consumer, then faust's consumer, producers and admin), and ``rebuild`` (aiokafka).
+``topics create`` (librdkafka admin), ``replay`` (the shipper's producer), ``process`` (its librdkafka
+metadata probe, then faust's consumer, producers and admin), and ``rebuild`` (aiokafka).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def test_pipeline_commands_over_sasl_and_tls(secure_kafka: SecureKafka, redis_db
               "PYTHONPATH": str(REPO_ROOT)}
     runner = CliRunner()
 
-    # topics: kafka-python's admin client over SASL_SSL with SCRAM-SHA-512 and a private CA
+    # topics: librdkafka's admin client over SASL_SSL with SCRAM-SHA-512 and a private CA
     created = runner.invoke(main, ["topics", "create", "--partitions", "2", "--replication-factor", "1"],
                             env={**topics, **secure_kafka.sasl_ssl()})
     assert created.exit_code == 0, created.output
@@ -201,7 +201,7 @@ def test_pipeline_commands_over_sasl_and_tls(secure_kafka: SecureKafka, redis_db
     assert shipped.returncode == 0, shipped.stderr[-3000:]
     assert "lines=60" in shipped.stdout and "failed=0" in shipped.stdout
 
-    # process: the partition probe (kafka-python) and the faust worker over SASL_SSL with SCRAM-SHA-256
+    # process: the partition probe (librdkafka) and the faust worker over SASL_SSL with SCRAM-SHA-256
     group = f"sec-{tag}"
     worker_env = {**common, **secure_kafka.sasl_ssl("SCRAM-SHA-256"), "TRACKDELIVERY_PROCESSOR_APP_ID": group,
                   "TRACKDELIVERY_PROCESSOR_DATADIR": str(tmp_path / "faust"),

@@ -3,7 +3,7 @@
 Frozen pydantic-settings objects; values come from explicit arguments, then the environment.
 
 Kafka security (TLS, SASL) is set here once and turned into each client library's arguments by
-``KafkaSettings.kafka_python_config()`` (kafka-python), ``aiokafka_config()`` (aiokafka) and
+``KafkaSettings.librdkafka_config()`` (confluent-kafka), ``aiokafka_config()`` (aiokafka) and
 ``faust_config()`` (faust). Redis needs no extra settings: the ACL user, password and TLS options all
 travel in ``REDIS_URL`` (``redis://user:password@host:6379/0``, ``rediss://...?ssl_ca_certs=/ca.pem``),
 which every component hands to redis-py's ``from_url`` (``trackdelivery.connections``); ``REDIS_CLUSTER``
@@ -97,16 +97,20 @@ class KafkaSettings(BaseSettings):
         assert self.sasl_username is not None and self.sasl_password is not None  # checked by _consistent
         return self.sasl_username, self.sasl_password.get_secret_value()
 
-    def kafka_python_config(self) -> dict[str, Any]:
-        """Connection arguments of kafka-python's ``KafkaProducer``, ``KafkaConsumer`` and ``KafkaAdminClient``."""
-        config: dict[str, Any] = {"bootstrap_servers": self.bootstrap_list(),
-                                  "security_protocol": self.security_protocol}
+    def librdkafka_config(self) -> dict[str, Any]:
+        """Connection settings of a librdkafka client (confluent-kafka ``Producer``, ``Consumer``, ``AdminClient``)."""
+        config: dict[str, Any] = {"bootstrap.servers": ",".join(self.bootstrap_list()),
+                                  "security.protocol": self.security_protocol.lower()}
         if self.uses_sasl:
             username, password = self._sasl_credentials()
-            config.update(sasl_mechanism=self.sasl_mechanism, sasl_plain_username=username,
-                          sasl_plain_password=password)
+            config.update({"sasl.mechanism": self.sasl_mechanism, "sasl.username": username,
+                           "sasl.password": password})
         if self.uses_ssl:
-            config.update(ssl_cafile=self.ssl_cafile, ssl_certfile=self.ssl_certfile, ssl_keyfile=self.ssl_keyfile)
+            # No CA file: the system's CAs, like aiokafka (librdkafka probes the usual paths).
+            config["ssl.ca.location"] = self.ssl_cafile or "probe"
+            if self.ssl_certfile:
+                config["ssl.certificate.location"] = self.ssl_certfile
+                config["ssl.key.location"] = self.ssl_keyfile or self.ssl_certfile  # the key may be in the cert
         return config
 
     def ssl_context(self) -> ssl.SSLContext:

@@ -5,16 +5,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Mapping
 from typing import Any
 
 import click
-from kafka.admin import KafkaAdminClient, NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import NewTopic
 
 from trackdelivery.devenv.exceptions import DevEnvError
+from trackdelivery.kafka_clients import admin_client
 from trackdelivery.settings import KafkaSettings, TopicNames, as_kafka_settings, topic_partitions
 
 
@@ -31,33 +31,31 @@ def create_topics(
     Returns the topics this call created.
     """
     kafka = as_kafka_settings(bootstrap)
+    admin = admin_client(kafka)
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     created: list[str] = []
     while time.monotonic() < deadline:
+        wait = max(1.0, min(10.0, deadline - time.monotonic()))
         try:
-            admin = KafkaAdminClient(**kafka.kafka_python_config(), client_id="trackdelivery-admin",
-                                     request_timeout_ms=30000)
-        except KafkaError as error:  # broker not reachable yet
-            last_error = error
-            time.sleep(0.5)
-            continue
-        try:
-            existing = set(admin.list_topics())
+            existing = set(admin.list_topics(timeout=wait).topics)
             missing = [
-                NewTopic(name, partitions, replication, topic_configs=dict(configs or {}))
+                NewTopic(name, num_partitions=partitions, replication_factor=replication, config=dict(configs or {}))
                 for name, partitions in topics.items() if name not in existing
             ]
             if missing:
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    admin.create_topics(missing)
-                created.extend(topic.name for topic in missing if topic.name not in created)
-            if set(topics) <= set(admin.list_topics()):
+                for name, future in admin.create_topics(missing, request_timeout=30).items():
+                    try:
+                        future.result(timeout=60)
+                    except KafkaException as error:
+                        if error.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                            raise
+                    if name not in created:
+                        created.append(name)
+            if set(topics) <= set(admin.list_topics(timeout=wait).topics):
                 return created
-        except KafkaError as error:
+        except KafkaException as error:  # broker not reachable yet, or not ready to create
             last_error = error
-        finally:
-            admin.close()
         time.sleep(0.5)
     raise DevEnvError(f"could not create topics {sorted(topics)} on {kafka.bootstrap_servers}: {last_error}")
 

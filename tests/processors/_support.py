@@ -17,6 +17,7 @@ import orjson
 
 from bench.badinput import scrape
 from processors.pipeline import BatchResult, Pipeline
+from trackdelivery import kafka_clients
 from trackdelivery.events import DeliveryEvent
 from trackdelivery.records import encode_batch
 from trackdelivery.store.types import StoreSettings
@@ -146,61 +147,26 @@ class WorkerProcess:
 
 
 def produce(bootstrap: str, topic: str, records: Iterable[tuple[str, bytes]]) -> int:
-    from kafka import KafkaProducer
-
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    count = 0
-    try:
-        for server, record in records:
-            producer.send(topic, key=server.encode(), value=record)
-            count += 1
-        producer.flush(timeout=60)
-    finally:
-        producer.close()
-    return count
+    return kafka_clients.produce(bootstrap, topic, ((server.encode(), record) for server, record in records),
+                                 timeout=60)
 
 
-def read_topic(bootstrap: str, topic: str) -> dict[int, list[Any]]:
-    """Every record of ``topic`` by partition, in offset order (kafka-python ConsumerRecords)."""
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None)
-    try:
-        partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, partition) for partition in sorted(partitions)]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        end = consumer.end_offsets(tps)
-        records: dict[int, list[Any]] = {tp.partition: [] for tp in tps}
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < end[tp] for tp in tps):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"could not read {topic} to its end")
-            for tp, messages in consumer.poll(timeout_ms=500).items():
-                records[tp.partition].extend(message for message in messages if message.offset < end[tp])
-        return records
-    finally:
-        consumer.close()
+def read_topic(bootstrap: str, topic: str) -> dict[int, list[kafka_clients.Record]]:
+    """Every record of ``topic`` by partition, in offset order."""
+    records: dict[int, list[kafka_clients.Record]] = {p: [] for p in kafka_clients.end_offsets(bootstrap, topic)}
+    for record in kafka_clients.read_topic(bootstrap, topic, timeout=60):
+        records[record.partition].append(record)
+    return records
 
 
 def committed_behind(bootstrap: str, group: str, topic: str) -> int:
     """Records of ``topic`` the consumer group has not committed yet."""
-    from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
-    from kafka.errors import KafkaError
-
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    end = kafka_clients.end_offsets(bootstrap, topic)
     try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        end = consumer.end_offsets(tps)
-        try:
-            committed = admin.list_group_offsets(group).get(group, {})
-        except KafkaError:  # no coordinator / no group yet: nothing committed
-            committed = {}
-        return sum(end[tp] - (committed[tp].offset if tp in committed else 0) for tp in tps)
-    finally:
-        consumer.close()
-        admin.close()
+        committed = kafka_clients.committed_offsets(bootstrap, group, topic)
+    except kafka_clients.KafkaException:  # no coordinator / no group yet: nothing committed
+        committed = {}
+    return sum(offset - committed.get(partition, 0) for partition, offset in end.items())
 
 
 def wait_caught_up(bootstrap: str, group: str, topic: str, workers: list[WorkerProcess], timeout: float = 150) -> None:

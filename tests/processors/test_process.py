@@ -36,6 +36,7 @@ from tests.processors._support import (
     wait_caught_up,
     write_reference,
 )
+from trackdelivery import kafka_clients
 from trackdelivery.devenv.ports import free_port
 from trackdelivery.events import DeliveryEvent
 from trackdelivery.records import encode_batch
@@ -310,20 +311,17 @@ def test_two_workers_split_the_partitions_and_the_result_is_complete(redis_db_ur
     workers = [deployment.worker("a").start(), deployment.worker("b").start()]
     try:
         # both members in the group before any data: each processes only its own partitions
-        from kafka import KafkaAdminClient
-
-        admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        try:
-            deadline = time.monotonic() + 90
-            while True:
-                group = admin.describe_groups([deployment.app_id])[deployment.app_id]
-                if group["group_state"] == "Stable" and len(group["members"]) == 2:
-                    break
-                assert all(w.alive for w in workers), workers[0].log_tail() + workers[1].log_tail()
-                assert time.monotonic() < deadline, f"group never had two stable members: {group}"
-                time.sleep(0.5)
-        finally:
-            admin.close()
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                state = kafka_clients.group_members(kafka_bootstrap, deployment.app_id)
+            except kafka_clients.KafkaException as error:  # the coordinator is still loading the group
+                state = (str(error), 0)
+            if state == ("STABLE", 2):
+                break
+            assert all(w.alive for w in workers), workers[0].log_tail() + workers[1].log_tail()
+            assert time.monotonic() < deadline, f"group never had two stable members: {state}"
+            time.sleep(0.5)
         records = raw_records(tmp_path / "fleet", 8, 300, 6)
         produce(kafka_bootstrap, deployment.raw, records)
         wait_caught_up(kafka_bootstrap, deployment.app_id, deployment.raw, workers)

@@ -12,8 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kafka import KafkaConsumer, TopicPartition
-
+from trackdelivery import kafka_clients
 from trackdelivery.records import RawLine, decode_batch
 
 TRACKDELIVERY = str(Path(sys.executable).with_name("trackdelivery"))
@@ -82,21 +81,7 @@ class ShipperProcess:
 
 def read_topic(bootstrap: str, topic: str) -> list[RawLine]:
     """Every line in every record of ``topic`` (all partitions), in partition order."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, request_timeout_ms=20000,
-                             max_partition_fetch_bytes=8 << 20)
-    try:
-        partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
-        consumer.assign(partitions)
-        consumer.seek_to_beginning(*partitions)
-        ends = consumer.end_offsets(partitions)
-        lines: list[RawLine] = []
-        while any(consumer.position(p) < ends[p] for p in partitions):
-            for records in consumer.poll(timeout_ms=1000).values():
-                for record in records:
-                    lines.extend(decode_batch(record.value))
-        return lines
-    finally:
-        consumer.close()
+    return [line for record in kafka_clients.read_topic(bootstrap, topic) for line in decode_batch(record.value)]
 
 
 def wait_for_lines(bootstrap: str, topic: str, expected: set[bytes], timeout: float = 120,

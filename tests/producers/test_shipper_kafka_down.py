@@ -13,10 +13,6 @@ from trackdelivery.topics import create_topics
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 
-# The shipper runs in its own process; a socket left unclosed in this one belongs to the test's kafka-python
-# reader or admin client reconnecting across the broker restart, and the GC may report it at any later line.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.filterwarnings("ignore::ResourceWarning")
 def test_kafka_outage_mid_stream_loses_nothing(tmp_path, kafka_broker_factory):
     broker = kafka_broker_factory()
     topic = "exim.mainlog.raw"

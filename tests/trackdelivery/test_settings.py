@@ -1,4 +1,4 @@
-"""KafkaSettings security: the client arguments built for kafka-python, aiokafka and faust, validation,
+"""KafkaSettings security: the client arguments built for librdkafka, aiokafka and faust, validation,
 and the password kept out of every representation."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def sasl(protocol: str = "SASL_SSL", mechanism: str = "SCRAM-SHA-512", **extra: 
 def test_plaintext_default_builds_the_arguments_used_before() -> None:
     kafka = KafkaSettings()
     assert kafka.security_protocol == "PLAINTEXT"
-    assert kafka.kafka_python_config() == {"bootstrap_servers": ["127.0.0.1:9092"], "security_protocol": "PLAINTEXT"}
+    assert kafka.librdkafka_config() == {"bootstrap.servers": "127.0.0.1:9092", "security.protocol": "plaintext"}
     assert kafka.aiokafka_config() == {"bootstrap_servers": "127.0.0.1:9092", "security_protocol": "PLAINTEXT"}
     assert kafka.faust_config() == {}
 
@@ -68,9 +68,9 @@ def test_empty_variables_count_as_unset(monkeypatch: pytest.MonkeyPatch) -> None
 
 def test_sasl_plaintext() -> None:
     kafka = sasl("SASL_PLAINTEXT", "PLAIN")
-    assert kafka.kafka_python_config() == {
-        "bootstrap_servers": ["k1:9093", "k2:9093"], "security_protocol": "SASL_PLAINTEXT",
-        "sasl_mechanism": "PLAIN", "sasl_plain_username": "td", "sasl_plain_password": PASSWORD,
+    assert kafka.librdkafka_config() == {
+        "bootstrap.servers": "k1:9093,k2:9093", "security.protocol": "sasl_plaintext",
+        "sasl.mechanism": "PLAIN", "sasl.username": "td", "sasl.password": PASSWORD,
     }
     assert kafka.aiokafka_config() == {
         "bootstrap_servers": "k1:9093, k2:9093", "security_protocol": "SASL_PLAINTEXT",
@@ -80,9 +80,9 @@ def test_sasl_plaintext() -> None:
 
 def test_sasl_ssl_with_a_private_ca(tls: TlsFiles) -> None:
     kafka = sasl(ssl_cafile=str(tls.ca))
-    python_config = kafka.kafka_python_config()
-    assert python_config["security_protocol"] == "SASL_SSL" and python_config["sasl_mechanism"] == "SCRAM-SHA-512"
-    assert python_config["ssl_cafile"] == str(tls.ca) and python_config["ssl_certfile"] is None
+    librdkafka = kafka.librdkafka_config()
+    assert librdkafka["security.protocol"] == "sasl_ssl" and librdkafka["sasl.mechanism"] == "SCRAM-SHA-512"
+    assert librdkafka["ssl.ca.location"] == str(tls.ca) and "ssl.certificate.location" not in librdkafka
     aio = kafka.aiokafka_config()
     context = aio.pop("ssl_context")
     assert aio == {"bootstrap_servers": "k1:9093, k2:9093", "security_protocol": "SASL_SSL",
@@ -95,9 +95,9 @@ def test_sasl_ssl_with_a_private_ca(tls: TlsFiles) -> None:
 def test_ssl_with_a_client_certificate(tls: TlsFiles) -> None:
     kafka = KafkaSettings(security_protocol="SSL", ssl_cafile=str(tls.ca), ssl_certfile=str(tls.client_cert),
                           ssl_keyfile=str(tls.client_key))
-    assert kafka.kafka_python_config() == {
-        "bootstrap_servers": ["127.0.0.1:9092"], "security_protocol": "SSL", "ssl_cafile": str(tls.ca),
-        "ssl_certfile": str(tls.client_cert), "ssl_keyfile": str(tls.client_key),
+    assert kafka.librdkafka_config() == {
+        "bootstrap.servers": "127.0.0.1:9092", "security.protocol": "ssl", "ssl.ca.location": str(tls.ca),
+        "ssl.certificate.location": str(tls.client_cert), "ssl.key.location": str(tls.client_key),
     }
     assert "sasl_mechanism" not in kafka.aiokafka_config()
     assert isinstance(kafka.ssl_context(), ssl.SSLContext)  # loads the certificate and its key
@@ -175,7 +175,7 @@ def test_the_shipper_takes_security_from_the_environment(monkeypatch: pytest.Mon
     settings = ShipperSettings.load(None, bootstrap_servers="k1:9092", partitions=3)
     kafka = settings.kafka_settings()
     assert (kafka.bootstrap_servers, kafka.partitions, kafka.security_protocol) == ("k1:9092", 3, "SASL_PLAINTEXT")
-    assert kafka.kafka_python_config()["sasl_plain_username"] == "shipper"
+    assert kafka.librdkafka_config()["sasl.username"] == "shipper"
 
 
 @pytest.mark.parametrize(

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 from click.testing import CliRunner
-from kafka import KafkaConsumer
 
+from trackdelivery import kafka_clients
 from trackdelivery.cli import main
 from trackdelivery.settings import TopicNames
 
@@ -15,11 +15,7 @@ pytestmark = pytest.mark.kafka
 
 
 def partition_counts(bootstrap: str, names: list[str]) -> dict[str, int]:
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
-    try:
-        return {name: len(consumer.partitions_for_topic(name) or ()) for name in names}
-    finally:
-        consumer.close()
+    return {name: kafka_clients.partition_count(bootstrap, name) for name in names}
 
 
 def test_creates_every_topic_once(kafka_bootstrap: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,13 +40,9 @@ class ServiceState:
 
 
 def existing_partitions(bootstrap: str, topic: str) -> int | None:
-    from kafka import KafkaConsumer
+    from trackdelivery.kafka_clients import partition_count
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, client_id="trackdelivery-dev")
-    try:
-        return len(consumer.partitions_for_topic(topic) or ()) or None
-    finally:
-        consumer.close()
+    return partition_count(bootstrap, topic) or None
 
 
 class DevRedis:

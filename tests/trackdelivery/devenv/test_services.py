@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 import redis
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from trackdelivery import kafka_clients
 from trackdelivery.devenv.kafka import KafkaBroker, random_cluster_id
 from trackdelivery.devenv.ports import port_open
 from trackdelivery.devenv.process import pid_alive
@@ -21,24 +21,11 @@ pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
 def test_produce_and_consume_through_a_real_topic(kafka_bootstrap: str, topic_factory) -> None:
     topic = topic_factory(partitions=3)
-    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all", compression_type="lz4")
     sent = [f"line {i} {uuid.uuid4().hex}".encode() for i in range(500)]
-    for value in sent:
-        producer.send(topic, key=b"srv1.example.net", value=value)
-    producer.flush()
-    producer.close()
-
-    consumer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, auto_offset_reset="earliest",
-                             enable_auto_commit=False, consumer_timeout_ms=10000)
-    partitions = [TopicPartition(topic, p) for p in range(3)]
-    consumer.assign(partitions)
-    consumer.seek_to_beginning(*partitions)
-    received = []
-    for record in consumer:
-        received.append(record)
-        if len(received) == len(sent):
-            break
-    consumer.close()
+    produced = kafka_clients.produce(kafka_bootstrap, topic, ((b"srv1.example.net", value) for value in sent),
+                                     **{"compression.type": "lz4"})
+    assert produced == len(sent)
+    received = list(kafka_clients.read_topic(kafka_bootstrap, topic, timeout=30))
     # one key -> one partition -> the order of sending is kept
     assert [r.value for r in received] == sent
     assert {r.partition for r in received} == {received[0].partition}
@@ -62,19 +49,14 @@ def test_broker_restart_keeps_data_and_port(tmp_path: Path) -> None:
         from trackdelivery.topics import create_topics
 
         create_topics(broker.bootstrap, {"kept": 1})
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap, acks="all")
-        producer.send("kept", b"before restart").get(timeout=30)
-        producer.close()
+        kafka_clients.produce(broker.bootstrap, "kept", [(None, b"before restart")], timeout=30)
         port = broker.port
         broker.stop()
         assert not broker.running
         assert not port_open("127.0.0.1", port)
         broker.start()
         assert broker.port == port
-        consumer = KafkaConsumer("kept", bootstrap_servers=broker.bootstrap, auto_offset_reset="earliest",
-                                 consumer_timeout_ms=10000)
-        assert [r.value for r in consumer][:1] == [b"before restart"]
-        consumer.close()
+        assert [r.value for r in kafka_clients.read_topic(broker.bootstrap, "kept", timeout=30)] == [b"before restart"]
     finally:
         broker.kill()
     assert not broker.running
@@ -125,7 +107,7 @@ def test_dev_up_a_three_broker_cluster_and_a_redis_cluster_that_survive_kills(tm
     import os
     import signal
 
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from confluent_kafka.admin import NewTopic
 
     from trackdelivery.devenv.redis import parse_cluster_nodes
 
@@ -143,13 +125,10 @@ def test_dev_up_a_three_broker_cluster_and_a_redis_cluster_that_survive_kills(tm
         assert sorted(states) == ["kafka1", "kafka2", "kafka3", *(f"redis{n}" for n in range(1, 7))]
         assert all(s["running"] and s["answering"] for s in states.values())
         bootstrap = ",".join(states[f"kafka{n}"]["address"] for n in (1, 2, 3))
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        try:
-            raw = admin.describe_topics(["exim.mainlog.raw"])[0]["partitions"]
-            assert len(raw) == 3 and all(len(p["replica_nodes"]) == 3 for p in raw)
-            admin.create_topics([NewTopic("probe", 1, 3)])
-        finally:
-            admin.close()
+        admin = kafka_clients.admin_client(bootstrap)
+        raw = admin.list_topics(topic="exim.mainlog.raw", timeout=30).topics["exim.mainlog.raw"].partitions
+        assert len(raw) == 3 and all(len(p.replicas) == 3 for p in raw.values())
+        admin.create_topics([NewTopic("probe", num_partitions=1, replication_factor=3)])["probe"].result(timeout=30)
         cluster = redis.RedisCluster(host="127.0.0.1", port=states["redis1"]["port"])
         assert cluster.set("k", "v") and cluster.get("k") == b"v"
         cluster.close()
