@@ -33,11 +33,10 @@ from processors.sinks.redis import RedisWriter
 from trackdelivery.devenv.redis import RedisServer
 from trackdelivery.events import DeliveryEvent, EventType, Reason, RetryState
 from trackdelivery.generator.ids import new_format_id
-from trackdelivery.store.types import MessageLine, StoreSettings
+from trackdelivery.store.types import REDIS_CONFIG, REDIS_DEFAULT_CONFIG, MessageLine, StoreSettings
 
 DESIGN_RATE_PER_DAY = 10_000_000 / 30
-#: listpack limits recommended in docs/redis-model.md (Redis defaults: 128 entries, 64-byte values)
-RECOMMENDED_CONFIG = {"zset-max-listpack-entries": "1024", "hash-max-listpack-value": "512"}
+RECOMMENDED_CONFIG = REDIS_CONFIG  # listpack limits recommended in docs/redis-model.md
 
 REMOTE_DOMAINS = ["gmail.com", "yahoo.com", "outlook.com", "hotmail.com", "icloud.com", "aol.com", "gmx.de", "mail.ru"]
 REMOTE_MX = {
@@ -244,9 +243,8 @@ def start_redis(workdir: Path) -> RedisServer:
 
 async def measure(url: str, args: argparse.Namespace) -> dict[str, object]:
     sync = redis.Redis.from_url(url)
-    if not args.default_config:
-        for name, value in RECOMMENDED_CONFIG.items():
-            sync.config_set(name, value)
+    for name, value in (REDIS_DEFAULT_CONFIG if args.default_config else RECOMMENDED_CONFIG).items():
+        sync.config_set(name, value)
     client = aioredis.Redis.from_url(url)
     prefix = args.prefix or "tdbench"
     settings = StoreSettings(prefix=prefix)

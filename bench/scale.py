@@ -290,7 +290,9 @@ def main() -> None:
             import redis
 
             plain = redis.Redis.from_url(redis_servers.url)
-            for name, value in {"zset-max-listpack-entries": "1024", "hash-max-listpack-value": "512"}.items():
+            from trackdelivery.store.types import REDIS_CONFIG
+
+            for name, value in REDIS_CONFIG.items():
                 plain.config_set(name, value)
             plain.close()
         memory_before = used_memory(redis_servers.url, args.redis_cluster)

@@ -101,15 +101,13 @@ def process(
             "(each server's events go to the partition numbered like its raw partition)"
         )
 
-    from faust import Worker
-
     from processors.app import create_app
+    from processors.faust_fixes import service_worker
 
     built = create_app(settings, kafka, topics, redis_settings, partitions=partitions)
     if settings.metrics_port is not None:
         built.metrics.serve(settings.metrics_port, settings.metrics_host)
-    worker = Worker(built.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    service_worker(built.app, settings.log_level).execute_from_commandline()
 
 
 def _parse_since(value: str) -> datetime.datetime:

@@ -860,7 +860,7 @@ class DeliverySearch:
         pipe.hgetall(self.keys.message(msgref))
         pipe.lrange(self.keys.lines(msgref), 0, settings.max_lines_per_message - 1)
         record, raw_lines = await pipe.execute()
-        await self._load_dictionaries(list(record.values()))
+        await self._load_dictionaries([*record.values(), *raw_lines])
         arrival_blob = record.get(ARRIVAL_FIELD)
         stored_arrival = codec.decode_arrival(self._record(arrival_blob)) if arrival_blob is not None else None
         events = [
@@ -890,8 +890,8 @@ class DeliverySearch:
         lines_visible = not scoped or any(matcher.sender_side_in_scope(event) for event in visible) or not events
         lines: list[str] = []
         if lines_visible:
-            for raw in dict.fromkeys(raw_lines):
-                lines.append(raw.decode("utf-8", "replace"))
+            decoded = (self.compression.decompress_line(raw) for raw in raw_lines)
+            lines.extend(text.decode("utf-8", "replace") for text in dict.fromkeys(decoded))
         visible.sort(key=lambda event: (event.time, event.event_id))
         bounces = sorted({event.bounce_msgid for event in visible if event.bounce_msgid})
         return MessageView(

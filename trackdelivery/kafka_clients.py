@@ -122,9 +122,11 @@ def read_topic(kafka: str | KafkaSettings, topic: str, timeout: float = 120.0,
         consumer.close()
 
 
-def produce(kafka: str | KafkaSettings, topic: str, records: Iterable[tuple[bytes | None, bytes]],
+def produce(kafka: str | KafkaSettings, topic: str,
+            records: Iterable[tuple[bytes | None, bytes] | tuple[bytes | None, bytes, int]],
             timeout: float = 300.0, **extra: Any) -> int:
-    """Send ``(key, value)`` records and wait until Kafka acknowledged every one; returns how many.
+    """Send ``(key, value)`` records (``(key, value, partition)`` to choose the partition) and wait until
+    Kafka acknowledged every one; returns how many.
 
     Raises ``KafkaException`` with the first delivery error (nothing is silently dropped).
     """
@@ -137,10 +139,12 @@ def produce(kafka: str | KafkaSettings, topic: str, records: Iterable[tuple[byte
     producer = Producer(_config(kafka, **{"linger.ms": 20, "message.max.bytes": 8 << 20,
                                           "partitioner": "murmur2_random", **extra}))
     count = 0
-    for key, value in records:
+    for record in records:
+        key, value = record[0], record[1]
+        partition = record[2] if len(record) > 2 else -1  # -1: the partitioner's choice
         while True:
             try:
-                producer.produce(topic, value=value, key=key, on_delivery=delivered)
+                producer.produce(topic, value=value, key=key, partition=partition, on_delivery=delivered)
                 break
             except BufferError:  # local queue full: let librdkafka send some
                 producer.poll(0.1)

@@ -45,7 +45,7 @@ FALLBACK_DESCRIPTIONS = {
     "StoreSettings.max_line_bytes": "bytes kept of each raw log line",
     "StoreSettings.dense_partitions": "partitions of one bucket of the server index",
     "StoreSettings.address_partitions": "value-hash partitions of one bucket of the address indexes",
-    "StoreSettings.dictionary_samples": "records sampled to train the zstd dictionary",
+    "StoreSettings.dictionary_samples": "records and raw lines sampled to train the zstd dictionary",
     "StoreSettings.dictionary_bytes": "size of the trained zstd dictionary, bytes",
     "StoreSettings.server_stats_bucket_seconds": "width of one per-server stats counter bucket",
     "QueryServiceSettings.redis_url": "Redis of the query store (user, password and TLS options in the URL)",

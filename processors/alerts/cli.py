@@ -77,10 +77,9 @@ def alerts(
     except OSError as error:
         raise click.ClickException(f"cannot create {settings.datadir}: {error}") from error
 
-    from faust import Worker
-
     from processors.alerts.app import create_alerts_app
     from processors.cli import raw_topic_partitions
+    from processors.faust_fixes import service_worker
     from trackdelivery.settings import KafkaSettings, RedisSettings, TopicNames
 
     try:
@@ -97,8 +96,7 @@ def alerts(
     built = create_alerts_app(settings, kafka, topics, RedisSettings(), rules, partitions=partitions)
     if settings.metrics_port is not None:
         built.metrics.serve(settings.metrics_port, settings.metrics_host)
-    worker = Worker(built.app, loglevel=settings.log_level, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    service_worker(built.app, settings.log_level).execute_from_commandline()
 
 
 def _dry_run(stream: Any, rules: Any) -> None:

@@ -425,7 +425,8 @@ class RedisWriter:
                 continue
             key = self.keys.lines(message_ref(line.server, line.msgid))
             text = line.text.encode("utf-8", "replace")[: settings.max_line_bytes]
-            grouped.setdefault(key, []).append(text)
+            self._sample(text)
+            grouped.setdefault(key, []).append(self.compression.compress_line(text))
             expire_at = int(line.time + settings.message_lifetime_seconds + settings.retention_seconds) + 1
             expiries[key] = max(expiries.get(key, 0), expire_at)
         for key, texts in grouped.items():

@@ -270,7 +270,9 @@ async def message_views(
 def store_structure(redis_url: str, prefix: str, *, cluster: bool = False) -> dict[bytes, Any]:
     """Every key of the store with its value, except what legitimately differs between two writers of the
     same events: record blobs (compressed with a dictionary each writer trains on its own samples) are
-    reduced to their field names, the dictionaries left out, transcripts de-duplicated (as the reader does)."""
+    reduced to their field names, the dictionaries left out, and line lists to their type (their lines are
+    compressed the same way: the message views compare them decoded and de-duplicated, as the reader shows
+    them)."""
     structure: dict[bytes, Any] = {}
     for key, (kind, value) in redis_dump(redis_url, prefix, cluster=cluster).items():
         if key.startswith(b"dict:"):
@@ -280,7 +282,7 @@ def store_structure(redis_url: str, prefix: str, *, cluster: bool = False) -> di
         elif kind == b"hash" and key.startswith(b"m:"):
             structure[key] = (kind, sorted(value))
         elif kind == b"list":
-            structure[key] = (kind, list(dict.fromkeys(value)))
+            structure[key] = kind
         else:
             structure[key] = (kind, value)
     return structure

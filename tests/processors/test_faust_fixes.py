@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,3 +42,22 @@ async def test_an_invalid_changelog_offset_is_read_from_the_start(caplog: pytest
 
     assert consumer.seeks == [{good: 2414, fresh: 0, broken: 0, missing: 0}]
     assert sum("is invalid" in record.getMessage() for record in caplog.records) == 2
+
+
+@pytest.mark.parametrize(("level", "expected"), [("warning", logging.WARNING), ("error", logging.ERROR),
+                                                  ("info", logging.INFO), ("debug", logging.DEBUG)])
+def test_the_service_worker_logs_at_its_level_and_no_lower(level: str, expected: int) -> None:
+    """faust's spinner used to put the root logger at DEBUG for WARNING and above."""
+    import faust
+
+    root = logging.getLogger()
+    saved_level, saved_handlers = root.level, list(root.handlers)
+    app = faust.App(f"test-levels-{level}", broker="kafka://127.0.0.1:9", autodiscover=False)
+    try:
+        worker = faust_fixes.service_worker(app, level)
+        worker._setup_logging()
+        assert root.level == expected
+        assert logging.getLogger("faust.tables.recovery").isEnabledFor(logging.DEBUG) is (expected <= logging.DEBUG)
+    finally:
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)

@@ -66,6 +66,7 @@ class Deployment:
     app_id: str
     prefix: str
     workdir: Path
+    store: str = "memory://"
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -77,6 +78,7 @@ class Deployment:
             TRACKDELIVERY_TOPIC_UNPARSED=self.unparsed,
             TRACKDELIVERY_PROCESSOR_APP_ID=self.app_id,
             TRACKDELIVERY_PROCESSOR_DATADIR=str(self.workdir / "faust"),
+            TRACKDELIVERY_PROCESSOR_STORE=self.store,
             TRACKDELIVERY_PROCESSOR_COMMIT_INTERVAL="0.5",
             TRACKDELIVERY_PROCESSOR_SESSION_TIMEOUT="6",
             TRACKDELIVERY_PROCESSOR_STALL_SECONDS="15",
@@ -90,11 +92,12 @@ class Deployment:
         return WorkerProcess(self.env(), self.workdir / f"{name}.log", free_port())
 
 
-def make_pipeline(bootstrap: str, redis_url: str, workdir: Path, partitions: int = RAW_PARTITIONS) -> Deployment:
+def make_pipeline(bootstrap: str, redis_url: str, workdir: Path, partitions: int = RAW_PARTITIONS,
+                  store: str = "memory://") -> Deployment:
     tag = uuid.uuid4().hex[:8]
     deployment = Deployment(
         bootstrap=bootstrap, redis_url=redis_url, raw=f"raw.{tag}", events=f"events.{tag}",
-        unparsed=f"unparsed.{tag}", app_id=f"proc-{tag}", prefix=f"live{tag}", workdir=workdir,
+        unparsed=f"unparsed.{tag}", app_id=f"proc-{tag}", prefix=f"live{tag}", workdir=workdir, store=store,
     )
     create_topics(bootstrap, {deployment.raw: partitions, deployment.events: partitions, deployment.unparsed: 1})
     return deployment
@@ -257,9 +260,11 @@ def kill_count() -> int:
     return 3 if os.environ.get("CI") == "true" else 5
 
 
+# rocksdb: each restart keeps its table on local disk and reads only the changelog written after it
+@pytest.mark.parametrize("store", ["memory://", "rocksdb://"])
 def test_worker_sigkilled_mid_stream_ends_in_the_clean_state(redis_db_url: str, kafka_bootstrap: str,
-                                                              tmp_path: Path) -> None:
-    deployment = make_pipeline(kafka_bootstrap, redis_db_url, tmp_path)
+                                                              tmp_path: Path, store: str) -> None:
+    deployment = make_pipeline(kafka_bootstrap, redis_db_url, tmp_path, store=store)
     records = raw_records(tmp_path / "fleet", 5, 1500, 3)
     produce(kafka_bootstrap, deployment.raw, records)
     total = committed_behind(kafka_bootstrap, deployment.app_id, deployment.raw)

@@ -17,6 +17,7 @@ import redis
 from trackdelivery.devenv.exceptions import DevEnvError
 from trackdelivery.devenv.ports import free_port, wait_for
 from trackdelivery.devenv.process import ManagedProcess
+from trackdelivery.store.types import REDIS_CONFIG
 
 
 def redis_server_binary() -> str:
@@ -28,12 +29,15 @@ def redis_server_binary() -> str:
 
 class RedisServer(ManagedProcess):
     def __init__(
-        self, workdir: Path, port: int | None = None, *, maxmemory: str = "0", extra_args: Sequence[str] = ()
+        self, workdir: Path, port: int | None = None, *, maxmemory: str = "0", extra_args: Sequence[str] = (),
+        store_config: bool = True,
     ) -> None:
+        """``store_config``: start with the settings the query store is designed for (``REDIS_CONFIG``)."""
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.maxmemory = maxmemory
-        self.extra_args = tuple(extra_args)  # more redis-server options, e.g. the cluster ones
+        tuned = [arg for name, value in REDIS_CONFIG.items() for arg in (f"--{name}", value)] if store_config else []
+        self.extra_args = (*tuned, *extra_args)  # more redis-server options, e.g. the cluster ones
         super().__init__()
 
     @property

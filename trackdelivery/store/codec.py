@@ -193,11 +193,13 @@ def event_type_of(blob: bytes) -> EventType:
 
 
 class RecordCompression:
-    """zstd with a shared trained dictionary for event and arrival records (about 3-4x on real records).
+    """zstd with a shared trained dictionary for event and arrival records and raw log lines (trained on a
+    mix of both: about 3x on generated records, 2x on log lines).
 
     A compressed record is ``0x01`` + 2-byte dictionary id + zstd frame; a raw record is JSON (starts
-    with ``{``). Dictionaries are immutable and stored in Redis under their id; every writer of a store
-    uses the one named by the store's ``dict:current`` key, so readers meet only a handful of ids.
+    with ``{``); lines: ``compress_line``. Dictionaries are immutable and stored in Redis under their id;
+    every writer of a store uses the one named by the store's ``dict:current`` key, so readers meet only a
+    handful of ids.
     """
 
     MARKER = 1
@@ -237,6 +239,19 @@ class RecordCompression:
             return raw
         packed = bytes((self.MARKER,)) + self.dictionary_id + self._compressor.compress(raw)
         return packed if len(packed) < len(raw) else raw
+
+    def compress_line(self, text: bytes) -> bytes:
+        """A raw log line as stored: compressed (``0x01`` …), or as it is, or behind an escape byte ``0x00``
+        when it is not compressed and starts with one of the two marker bytes (a hostile line may)."""
+        packed = self.compress(text)
+        if packed is text and text[:1] in (b"\x00", b"\x01"):
+            return b"\x00" + text
+        return packed
+
+    def decompress_line(self, blob: bytes) -> bytes:
+        if blob[:1] == b"\x00":
+            return blob[1:]
+        return self.decompress(blob) if blob else blob
 
     def missing(self, blob: bytes | None) -> bytes | None:
         """The id of the dictionary ``blob`` needs when it is not loaded yet."""

@@ -15,6 +15,13 @@ DEFAULT_MAX_RESULTS_BY_TYPE = 250
 MAX_RESULTS_BY_TYPE_LIMIT = 5000
 
 
+#: redis-server settings the store is designed for (docs/redis-model.md, "Redis configuration"): index sets
+#: and message hashes stay compact listpacks. The dev tooling's servers start with them; Redis' defaults
+#: (128 entries, 64-byte values) work too, with more memory per event.
+REDIS_CONFIG = {"zset-max-listpack-entries": "1024", "hash-max-listpack-value": "512"}
+REDIS_DEFAULT_CONFIG = {"zset-max-listpack-entries": "128", "hash-max-listpack-value": "64"}
+
+
 class StoreSettings(BaseSettings):
     """Layout and limits of the store. Changing a ``*_seconds``/``*_partitions`` value needs a rebuild."""
 
@@ -42,7 +49,7 @@ class StoreSettings(BaseSettings):
     time_partitions: int = Field(default=32, ge=1, le=4096)
     #: width of one bucket of the message-id index (message arrival time)
     message_bucket_seconds: int = Field(default=86400, ge=3600, le=30 * 86400)
-    #: compress event and arrival records with a zstd dictionary trained on the first records written
+    #: compress event and arrival records and raw lines with a zstd dictionary trained on the first ones written
     compression: bool = True
     dictionary_samples: int = Field(default=3000, ge=10)
     dictionary_bytes: int = Field(default=32768, ge=1024, le=1 << 20)

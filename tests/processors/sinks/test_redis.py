@@ -54,6 +54,41 @@ async def test_lines_are_bounded_in_number_and_size(client, redis_client, key_pr
     assert stored[0].startswith(b"0 ")
 
 
+async def test_lines_are_compressed_once_a_dictionary_is_trained_and_read_back_exactly(client, redis_client,
+                                                                                      key_prefix):
+    settings = store_settings(key_prefix, dictionary_samples=200)
+    events = [e for e in random_events(400, seed=12) if e.msgid]
+    hostile = ["\x01 starts with the compression marker", "\x00 starts with the escape byte", "\x01", "",
+               "<script>alert(1)</script> \u00e9\u4e2d \\ \" \t"]
+
+    def lines_of(event):
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.time))
+        texts = [f"{stamp} {event.msgid} <= {event.sender} H=mail.example.net [192.0.2.7] P=esmtpsa S=2048",
+                 f"{stamp} {event.msgid} => {event.recipient} R=dkim_lookuphost T=remote_smtp H=mx.example.com",
+                 f"{stamp} {event.msgid} Completed", *hostile]
+        return [MessageLine(event.server, event.msgid, event.time, text) for text in texts]
+
+    writer = RedisWriter(client, settings)
+    for start in range(0, len(events), 50):  # the dictionary is trained from the samples of the first writes
+        batch = events[start : start + 50]
+        await writer.write(batch, [line for event in batch for line in lines_of(event)])
+    assert writer.compression.dictionary_id is not None
+    keys, search = KeySpace(settings), DeliverySearch(client, settings)
+    last = events[-1]
+    stored = redis_client.lrange(keys.lines(message_ref(last.server, last.msgid)), 0, -1)
+    assert stored[0][:1] == b"\x01" and len(stored[0]) < len(lines_of(last)[0].text) / 1.5
+    for blob, text in zip(stored[3:], hostile, strict=True):  # compressed, escaped, or as it is when unambiguous
+        if blob[:1] == b"\x01":
+            assert blob != text.encode()
+        elif blob[:1] == b"\x00":
+            assert blob == b"\x00" + text.encode()
+        else:
+            assert blob == text.encode() and text[:1] not in ("\x00", "\x01")
+    for event in (events[0], last):  # written before the dictionary existed, and after
+        view = await search.message(event.server, event.msgid)
+        assert view is not None and view.lines == [line.text for line in lines_of(event)]
+
+
 async def test_an_event_re_emitted_with_more_data_overwrites_and_reindexes(client, key_prefix):
     settings = store_settings(key_prefix)
     writer, search = RedisWriter(client, settings), DeliverySearch(client, settings)
