@@ -890,7 +890,8 @@ class DeliverySearch:
         lines_visible = not scoped or any(matcher.sender_side_in_scope(event) for event in visible) or not events
         lines: list[str] = []
         if lines_visible:
-            decoded = (self.compression.decompress_line(raw) for raw in raw_lines)
+            stored_msgid = clean_text(msgid, max_chars).encode("utf-8", "replace")
+            decoded = (self.compression.decompress_line(raw, stored_msgid) for raw in raw_lines)
             lines.extend(text.decode("utf-8", "replace") for text in dict.fromkeys(decoded))
         visible.sort(key=lambda event: (event.time, event.event_id))
         bounces = sorted({event.bounce_msgid for event in visible if event.bounce_msgid})

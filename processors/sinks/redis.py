@@ -69,6 +69,83 @@ redis.call('EXPIREAT', KEYS[1], ARGV[1])
 return olds
 """
 
+#: KEYS = every key the ops name; ARGV = ops, each ``op, key number`` then its arguments:
+#: ``z n member…`` ZADD (score 0), ``l last n line…`` RPUSH + LTRIM 0..last, ``e at`` EXPIREAT.
+#: One call for a batch's index entries, line lists and expiries on a single Redis: redis-py spends more
+#: CPU packing and parsing hundreds of small commands than Redis spends running them.
+BULK_WRITES = """
+local a = 1
+while a <= #ARGV do
+  local op, key = ARGV[a], KEYS[tonumber(ARGV[a + 1])]
+  if op == 'z' then
+    local n = tonumber(ARGV[a + 2])
+    a = a + 3
+    local args = {}
+    for i = a, a + n - 1 do
+      args[#args + 1] = '0'
+      args[#args + 1] = ARGV[i]
+    end
+    a = a + n
+    for s = 1, #args, 2000 do redis.call('ZADD', key, unpack(args, s, math.min(s + 1999, #args))) end
+  elseif op == 'l' then
+    local last, n = ARGV[a + 2], tonumber(ARGV[a + 3])
+    a = a + 4
+    for s = a, a + n - 1, 1000 do redis.call('RPUSH', key, unpack(ARGV, s, math.min(s + 999, a + n - 1))) end
+    a = a + n
+    redis.call('LTRIM', key, 0, last)
+  else
+    redis.call('EXPIREAT', key, ARGV[a + 2])
+    a = a + 3
+  end
+end
+return 0
+"""
+
+
+@dataclass(slots=True)
+class _Bulk:
+    """A batch's index entries, line lists and expiries: one script call on a single Redis, the same
+    commands one by one on a cluster (its keys are in many slots)."""
+
+    keys: dict[bytes, int] = field(default_factory=dict)
+    ops: list[tuple[str, bytes, int, list[bytes]]] = field(default_factory=list)  # op, key, number, values
+
+    def _number(self, key: bytes) -> int:
+        return self.keys.setdefault(key, len(self.keys) + 1)
+
+    def zadd(self, key: bytes, members: list[bytes]) -> None:
+        self.ops.append(("z", key, self._number(key), members))
+
+    def lines(self, key: bytes, texts: list[bytes], last: int) -> None:
+        self.ops.append(("l", key, self._number(key), [str(last).encode(), *texts]))
+
+    def expireat(self, key: bytes, at: int) -> None:
+        self.ops.append(("e", key, self._number(key), [str(at).encode()]))
+
+    def queue(self, pipe: Pipeline, script_sha: str | None) -> None:
+        if not self.ops:
+            return
+        if script_sha is None:
+            for op, key, _, values in self.ops:
+                if op == "z":
+                    pipe.zadd(key, dict.fromkeys(values, 0))
+                elif op == "l":
+                    pipe.rpush(key, *values[1:])
+                    pipe.ltrim(key, 0, int(values[0]))
+                else:
+                    pipe.expireat(key, int(values[0]))
+            return
+        arguments: list[bytes | str | int] = []
+        for op, _, number, values in self.ops:
+            arguments += [op, number]
+            if op == "z":
+                arguments.append(len(values))
+            elif op == "l":
+                arguments += [values[0], len(values) - 1]
+                values = values[1:]
+            arguments += values
+        pipe.evalsha(script_sha, len(self.keys), *self.keys, *arguments)
+
 
 @dataclass(slots=True)
 class _Prepared:
@@ -91,6 +168,9 @@ class _Message:
     arrival_blob: bytes | None = None
     old_arrival: bytes | None = None
 
+
+#: how far past ``now`` + lifetime + retention an expiry may reach: a day-wide bucket's end, plus a day
+EXPIRY_LEAD_SECONDS = 2 * 86400
 
 @functools.lru_cache(maxsize=65536)
 def _index_value(keys: KeySpace, kind: Kind, raw: str, max_chars: int) -> tuple[bytes, int, int]:
@@ -118,6 +198,13 @@ class RedisWriter:
         self._dictionary_state = "unknown" if settings.compression else "off"
         self._samples: list[bytes] = []
         self._store_sha: str | None = None
+        self._bulk_sha: str | None = None
+        self._expiry_ceiling = 0  # set by each write from its clock
+
+    def _capped(self, expire_at: int) -> int:
+        """An expiry no later than this write's ceiling: data dated in the future (a server whose clock
+        runs years ahead) expires as if it had arrived now, instead of pinning memory for years."""
+        return min(expire_at, self._expiry_ceiling)
 
     async def _prepare_dictionary(self) -> None:
         """Use the store's dictionary when there is one; else sample records until one can be trained."""
@@ -155,6 +242,10 @@ class RedisWriter:
         """Store ``events`` and append ``lines``; idempotent: writing the same events again changes nothing."""
         stats = WriteStats()
         now = clock.time()
+        settings = self.settings
+        # the latest expiry data written now can need: its bucket (≤ 1 day wide) ends within a day of now
+        self._expiry_ceiling = int(now + settings.message_lifetime_seconds + settings.retention_seconds
+                                   + EXPIRY_LEAD_SECONDS) + 1
         if self._dictionary_state in ("unknown", "sampling"):
             await self._prepare_dictionary()
         prepared: list[_Prepared] = []
@@ -275,8 +366,9 @@ class RedisWriter:
         """Round 1: records (one script call per message hash; HGET + HSETNX pairs on a cluster, whose
         pipelines refuse scripts) and index entries."""
         cluster = isinstance(self.client, aioredis.RedisCluster)
-        if self._store_sha is None and not cluster:
+        if (self._store_sha is None or self._bulk_sha is None) and not cluster:
             self._store_sha = codec.as_bytes(await self.client.script_load(STORE_RECORDS)).decode()
+            self._bulk_sha = codec.as_bytes(await self.client.script_load(BULK_WRITES)).decode()
         per_message: dict[bytes, list[_Prepared]] = {}
         for item in prepared:
             per_message.setdefault(item.message_key, []).append(item)
@@ -301,10 +393,12 @@ class RedisWriter:
             for entry, index_key in item.entries.items():
                 additions.setdefault(index_key, {})[entry] = 0
             expiries.update(item.expiries)
+        bulk = _Bulk()
         for index_key, entries in additions.items():
-            pipe.zadd(index_key, entries)
-        stats.lines = self._queue_lines(pipe, lines, now)
-        self._queue_expiries(pipe, expiries, now)
+            bulk.zadd(index_key, list(entries))
+        stats.lines = self._queue_lines(bulk, lines, now)
+        self._queue_expiries(bulk, expiries, now)
+        bulk.queue(pipe, None if cluster else self._bulk_sha)
         self._queue_directory(pipe, prepared, now)
         replies = await pipe.execute()
         if cluster:  # [old, set?] per record, then the expiry, message by message
@@ -360,10 +454,10 @@ class RedisWriter:
         settings = self.settings
         if not event.msgid:
             group_end = (int(event.time) // REJECTION_GROUP_SECONDS + 1) * REJECTION_GROUP_SECONDS
-            return int(group_end + settings.retention_seconds) + 1
+            return self._capped(int(group_end + settings.retention_seconds) + 1)
         arrived = event.arrival_time if event.arrival_time is not None else event.time
         arrived = min(arrived, event.time)
-        return int(arrived + settings.message_lifetime_seconds + settings.retention_seconds) + 1
+        return self._capped(int(arrived + settings.message_lifetime_seconds + settings.retention_seconds) + 1)
 
     def _index(self, item: _Prepared) -> None:
         event, keys, settings = item.event, self.keys, self.settings
@@ -381,7 +475,7 @@ class RedisWriter:
             offset = min(time_ms - bucket * width * 1000, 0xFFFFFFFE)
             key = keys.index(kind, bucket, partition)
             item.entries[member(digest, type_code, offset, item.ref)] = key
-            item.expiries[key] = int((bucket + 1) * width + retention) + 1
+            item.expiries[key] = self._capped(int((bucket + 1) * width + retention) + 1)
         if event.msgid:
             # one entry per message: the message-id filter reads the whole message record
             value = normalize(Kind.MSGID, event.msgid, max_chars)
@@ -392,7 +486,8 @@ class RedisWriter:
             item.entries[member(digest, 0, 0, msgref)] = key
             if mbucket:
                 end = mbucket * keys.message_bucket_seconds
-                item.expiries[key] = int(end + settings.message_lifetime_seconds + settings.retention_seconds) + 1
+                item.expiries[key] = self._capped(
+                    int(end + settings.message_lifetime_seconds + settings.retention_seconds) + 1)
             else:
                 item.expiries[key] = self._message_expiry(event)
 
@@ -416,7 +511,7 @@ class RedisWriter:
             event.reason.value if event.reason is not None else None,
         )
 
-    def _queue_lines(self, pipe: Pipeline, lines: Sequence[MessageLine], now: float) -> int:
+    def _queue_lines(self, bulk: _Bulk, lines: Sequence[MessageLine], now: float) -> int:
         settings = self.settings
         grouped: dict[bytes, list[bytes]] = {}
         expiries: dict[bytes, int] = {}
@@ -425,14 +520,15 @@ class RedisWriter:
                 continue
             key = self.keys.lines(message_ref(line.server, line.msgid))
             text = line.text.encode("utf-8", "replace")[: settings.max_line_bytes]
-            self._sample(text)
-            grouped.setdefault(key, []).append(self.compression.compress_line(text))
-            expire_at = int(line.time + settings.message_lifetime_seconds + settings.retention_seconds) + 1
+            msgid = line.msgid.encode("utf-8", "replace")
+            self._sample(codec.RecordCompression.elide(text, msgid) or text)
+            grouped.setdefault(key, []).append(self.compression.compress_line(text, msgid))
+            lifetime = settings.message_lifetime_seconds + settings.retention_seconds
+            expire_at = self._capped(int(line.time + lifetime) + 1)
             expiries[key] = max(expiries.get(key, 0), expire_at)
         for key, texts in grouped.items():
-            pipe.rpush(key, *texts)
-            pipe.ltrim(key, 0, settings.max_lines_per_message - 1)
-            pipe.expireat(key, expiries[key])
+            bulk.lines(key, texts, settings.max_lines_per_message - 1)
+            bulk.expireat(key, expiries[key])
         return sum(len(texts) for texts in grouped.values())
 
     def _queue_directory(self, pipe: Pipeline, prepared: list[_Prepared], now: float) -> None:
@@ -454,7 +550,7 @@ class RedisWriter:
             pipe.zremrangebyscore(directory, "-inf", f"({int((now - settings.retention_seconds) // width)}")
             pipe.expireat(directory, int(now + settings.retention_seconds + 2 * width))
 
-    def _queue_expiries(self, pipe: Pipeline, expiries: dict[bytes, int], now: float) -> None:
+    def _queue_expiries(self, bulk: _Bulk, expiries: dict[bytes, int], now: float) -> None:
         """Index keys get their (fixed) expiry once per ``expiry_refresh_seconds`` per writer."""
         refresh = self.settings.expiry_refresh_seconds
         sent = self._expiry_sent
@@ -462,7 +558,7 @@ class RedisWriter:
             last = sent.get(key)
             if last is not None and now - last < refresh:
                 continue
-            pipe.expireat(key, expire_at)
+            bulk.expireat(key, expire_at)
             sent[key] = now
         if len(sent) > 500_000:
             cutoff = now - refresh
@@ -516,7 +612,7 @@ class RedisWriter:
     def _stats_key(self, dimension: str, time: float) -> tuple[bytes, int]:
         width = self.keys.stats_bucket_seconds(dimension)
         bucket = int(time // width)
-        expire_at = int((bucket + 1) * width + self.settings.retention_seconds) + 1
+        expire_at = self._capped(int((bucket + 1) * width + self.settings.retention_seconds) + 1)
         return self.keys.stats(dimension, bucket), expire_at
 
     def _dimension_values(self, event: DeliveryEvent) -> list[tuple[str, str]]:

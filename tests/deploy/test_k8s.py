@@ -14,7 +14,8 @@ from tests.deploy._support import DEPLOY, check_env_names, check_flags, resolve_
 
 K8S = DEPLOY / "k8s"
 KUBERNETES_VERSION = "1.30.0"
-WORKLOAD_KINDS = ("Deployment", "Job")
+WORKLOAD_KINDS = ("Deployment", "StatefulSet", "Job")
+SERVING_KINDS = ("Deployment", "StatefulSet")  # long-running workloads, probed and selected by Services
 
 
 def load(path: Path) -> list[dict[str, Any]]:
@@ -85,7 +86,7 @@ def test_workloads_are_hardened_and_sized(resources: list[dict[str, Any]]) -> No
 
 
 def test_deployments_have_probes_on_declared_ports(resources: list[dict[str, Any]]) -> None:
-    for deployment in of_kind(resources, "Deployment"):
+    for deployment in of_kind(resources, *SERVING_KINDS):
         for container in pod_spec(deployment)["containers"]:
             ports = {port["name"]: port["containerPort"] for port in container.get("ports", [])}
             for probe in ("livenessProbe", "readinessProbe"):
@@ -95,14 +96,14 @@ def test_deployments_have_probes_on_declared_ports(resources: list[dict[str, Any
 
 
 def test_query_service_probes(resources: list[dict[str, Any]]) -> None:
-    (query,) = [d for d in of_kind(resources, "Deployment") if d["metadata"]["name"] == "trackdelivery-query"]
+    (query,) = [d for d in of_kind(resources, *SERVING_KINDS) if d["metadata"]["name"] == "trackdelivery-query"]
     container = pod_spec(query)["containers"][0]
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_selectors_match_labels(resources: list[dict[str, Any]]) -> None:
-    deployments = of_kind(resources, "Deployment")
+    deployments = of_kind(resources, *SERVING_KINDS)
     for deployment in deployments:
         selector = deployment["spec"]["selector"]["matchLabels"]
         labels = deployment["spec"]["template"]["metadata"]["labels"]
@@ -138,7 +139,8 @@ def test_config_map_and_secret_references_resolve(resources: list[dict[str, Any]
                         ref = reference[kind]
                         assert ref["name"] in known and ref["key"] in known[ref["name"]], f"{variable['name']}: {ref}"
             mounts = {mount["name"] for mount in container.get("volumeMounts", [])}
-            assert mounts <= {volume["name"] for volume in spec.get("volumes", [])}
+            claims = {claim["metadata"]["name"] for claim in workload["spec"].get("volumeClaimTemplates", [])}
+            assert mounts <= {volume["name"] for volume in spec.get("volumes", [])} | claims
         for volume in spec.get("volumes", []):
             if "secret" in volume and not volume["secret"].get("optional"):
                 assert volume["secret"]["secretName"] in secrets
@@ -184,15 +186,28 @@ def test_containers_run_real_subcommands_with_accepted_settings(
 def test_processor_replicas_do_not_exceed_the_partitions(resources: list[dict[str, Any]]) -> None:
     (config,) = of_kind(resources, "ConfigMap")
     partitions = int(config["data"]["KAFKA_PARTITIONS"])
-    (processor,) = [d for d in of_kind(resources, "Deployment") if pod_spec(d)["containers"][0]["args"] == ["process"]]
+    serving = of_kind(resources, *SERVING_KINDS)
+    (processor,) = [d for d in serving if pod_spec(d)["containers"][0]["args"] == ["process"]]
     assert 1 <= processor["spec"]["replicas"] <= partitions
 
 
 def test_metrics_endpoints_are_reachable_by_probes(resources: list[dict[str, Any]]) -> None:
     """Processor and alert worker bind their metrics to 127.0.0.1 by default; kubelet probes the pod IP."""
-    for deployment in of_kind(resources, "Deployment"):
+    for deployment in of_kind(resources, *SERVING_KINDS):
         container = pod_spec(deployment)["containers"][0]
         env = container_env(container, resources)
         if any(port["name"] == "metrics" for port in container.get("ports", [])):
             hosts = [value for key, value in env.items() if key.endswith("_METRICS_HOST")]
             assert hosts == ["0.0.0.0"], deployment["metadata"]["name"]
+
+
+def test_the_processor_keeps_its_state_table_on_a_volume_of_its_own(resources: list[dict[str, Any]]) -> None:
+    """rocksdb:// on a per-pod claim: a restarted pod reads only the changelog written since it stopped."""
+    (processor,) = [w for w in of_kind(resources, "StatefulSet") if pod_spec(w)["containers"][0]["args"] == ["process"]]
+    container = pod_spec(processor)["containers"][0]
+    env = {variable["name"]: variable.get("value") for variable in container["env"]}
+    assert env["TRACKDELIVERY_PROCESSOR_STORE"] == "rocksdb://"
+    (mount,) = [m for m in container["volumeMounts"] if m["mountPath"] == env["TRACKDELIVERY_PROCESSOR_DATADIR"]]
+    assert mount["name"] in {claim["metadata"]["name"] for claim in processor["spec"]["volumeClaimTemplates"]}
+    headless = [s for s in of_kind(resources, "Service") if s["metadata"]["name"] == processor["spec"]["serviceName"]]
+    assert len(headless) == 1 and headless[0]["spec"]["clusterIP"] == "None"

@@ -192,6 +192,9 @@ def event_type_of(blob: bytes) -> EventType:
     return TYPES_BY_CODE[orjson.loads(blob)["y"]]
 
 
+MSGID_MARK = b"\x1a"  # stands for the message id in a stored line (ASCII SUB; Exim writes control bytes escaped)
+
+
 class RecordCompression:
     """zstd with a shared trained dictionary for event and arrival records and raw log lines (trained on a
     mix of both: about 3x on generated records, 2x on log lines).
@@ -203,6 +206,7 @@ class RecordCompression:
     """
 
     MARKER = 1
+    ELIDED = 2  # a line compressed without its message id
     HEADER = 3
 
     def __init__(self, level: int = 3) -> None:
@@ -240,22 +244,41 @@ class RecordCompression:
         packed = bytes((self.MARKER,)) + self.dictionary_id + self._compressor.compress(raw)
         return packed if len(packed) < len(raw) else raw
 
-    def compress_line(self, text: bytes) -> bytes:
-        """A raw log line as stored: compressed (``0x01`` …), or as it is, or behind an escape byte ``0x00``
-        when it is not compressed and starts with one of the two marker bytes (a hostile line may)."""
+    @staticmethod
+    def elide(text: bytes, msgid: bytes) -> bytes | None:
+        """``text`` with its message id replaced by ``MSGID_MARK`` (the key already names the message), or
+        None when that could not be undone exactly (no id in it, or the mark byte already in it)."""
+        if not msgid or msgid not in text or MSGID_MARK in text:
+            return None
+        return text.replace(msgid, MSGID_MARK, 1)
+
+    def compress_line(self, text: bytes, msgid: bytes = b"") -> bytes:
+        """A raw log line as stored: compressed with its message id left out (``0x02`` …), compressed
+        (``0x01`` …), as it is, or behind an escape byte ``0x00`` when it is stored as it is and starts
+        with one of those three bytes (a hostile line may)."""
+        elided = self.elide(text, msgid)
+        if elided is not None and self._compressor is not None and self.dictionary_id is not None:
+            packed = bytes((self.ELIDED,)) + self.dictionary_id + self._compressor.compress(elided)
+            if len(packed) < len(text):
+                return packed
         packed = self.compress(text)
-        if packed is text and text[:1] in (b"\x00", b"\x01"):
+        if packed is text and text[:1] in (b"\x00", b"\x01", b"\x02"):
             return b"\x00" + text
         return packed
 
-    def decompress_line(self, blob: bytes) -> bytes:
-        if blob[:1] == b"\x00":
+    def decompress_line(self, blob: bytes, msgid: bytes) -> bytes:
+        """The line ``compress_line(text, msgid)`` stored (``msgid``: the id of the message it belongs to)."""
+        marker = blob[:1]
+        if marker == b"\x00":
             return blob[1:]
+        if marker == b"\x02":
+            decompressor = self._decompressors[blob[1 : self.HEADER]]
+            return decompressor.decompress(blob[self.HEADER :], max_output_size=1 << 22).replace(MSGID_MARK, msgid, 1)
         return self.decompress(blob) if blob else blob
 
     def missing(self, blob: bytes | None) -> bytes | None:
         """The id of the dictionary ``blob`` needs when it is not loaded yet."""
-        if blob and blob[0] == self.MARKER:
+        if blob and blob[0] in (self.MARKER, self.ELIDED):
             dictionary_id = blob[1 : self.HEADER]
             if dictionary_id not in self._decompressors:
                 return dictionary_id

@@ -59,13 +59,15 @@ async def test_lines_are_compressed_once_a_dictionary_is_trained_and_read_back_e
     settings = store_settings(key_prefix, dictionary_samples=200)
     events = [e for e in random_events(400, seed=12) if e.msgid]
     hostile = ["\x01 starts with the compression marker", "\x00 starts with the escape byte", "\x01", "",
+               "\x02 starts with the marker of lines stored without their message id",
                "<script>alert(1)</script> \u00e9\u4e2d \\ \" \t"]
 
     def lines_of(event):
         stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(event.time))
         texts = [f"{stamp} {event.msgid} <= {event.sender} H=mail.example.net [192.0.2.7] P=esmtpsa S=2048",
                  f"{stamp} {event.msgid} => {event.recipient} R=dkim_lookuphost T=remote_smtp H=mx.example.com",
-                 f"{stamp} {event.msgid} Completed", *hostile]
+                 f"{stamp} {event.msgid} Completed", *hostile,
+                 f"{stamp} {event.msgid} \x1a the id's stand-in byte already here, and the id again: {event.msgid}"]
         return [MessageLine(event.server, event.msgid, event.time, text) for text in texts]
 
     writer = RedisWriter(client, settings)
@@ -76,10 +78,14 @@ async def test_lines_are_compressed_once_a_dictionary_is_trained_and_read_back_e
     keys, search = KeySpace(settings), DeliverySearch(client, settings)
     last = events[-1]
     stored = redis_client.lrange(keys.lines(message_ref(last.server, last.msgid)), 0, -1)
-    assert stored[0][:1] == b"\x01" and len(stored[0]) < len(lines_of(last)[0].text) / 1.5
-    for blob, text in zip(stored[3:], hostile, strict=True):  # compressed, escaped, or as it is when unambiguous
-        if blob[:1] == b"\x01":
-            assert blob != text.encode()
+    # compressed without the message id (the key names the message)
+    assert stored[0][:1] == b"\x02" and len(stored[0]) < len(lines_of(last)[0].text) / 1.5
+    assert last.msgid.encode() not in stored[0]
+    for blob, text in zip(stored[3:], [*hostile, lines_of(last)[-1].text], strict=True):
+        # compressed (with the id, which cannot be left out when its stand-in byte is in the line already),
+        # escaped, or as it is when that is unambiguous
+        if blob[:1] in (b"\x01", b"\x02"):
+            assert blob != text.encode() and (blob[:1] == b"\x01" or "\x1a" not in text)
         elif blob[:1] == b"\x00":
             assert blob == b"\x00" + text.encode()
         else:
@@ -162,6 +168,22 @@ async def test_every_key_expires_with_the_retention(client, redis_client, key_pr
         assert 0 < ttl <= 2 * 86400 + 86400 + 120, key
 
 
+async def test_data_dated_years_ahead_expires_like_data_written_now(client, redis_client, key_prefix):
+    """A server whose clock runs ten years ahead must not pin its keys in memory for ten years."""
+    settings = store_settings(key_prefix, retention_days=1, message_lifetime_days=1)
+    ahead = time.time() + 10 * 365 * 86400
+    events = random_events(50, seed=4, span=3600.0, end=ahead)
+    lines = [MessageLine(e.server, e.msgid, e.time, "raw line") for e in events if e.msgid]
+    await RedisWriter(client, settings).write(events, lines)
+    keys = [key for key in redis_client.scan_iter(match=f"{settings.prefix}:*".encode())
+            if not key.startswith(f"{settings.prefix}:dict".encode())]
+    assert {key.split(b":")[1] for key in keys} >= {b"m", b"l", b"x", b"st"}
+    for key in keys:  # retention + message lifetime + the lead of two days, and never persistent
+        assert 0 < redis_client.ttl(key) <= 86400 + 86400 + 2 * 86400 + 120, key
+    found = await DeliverySearch(client, settings).search(Query(max_results_by_type=0), now=ahead)
+    assert {e.event_id for e in found.events} == {e.event_id for e in events}  # stored, and found
+
+
 async def test_purge_expired_removes_index_keys_that_lost_their_expiry(client, redis_client, key_prefix):
     settings = store_settings(key_prefix, retention_days=1)
     keys = KeySpace(settings)
@@ -205,3 +227,21 @@ async def test_records_are_compressed_once_a_dictionary_is_trained(client, redis
     assert other.compression.dictionary_id == writer.compression.dictionary_id
     found = await DeliverySearch(client, settings).search(Query(max_results_by_type=0), now=NOW)
     assert {e.event_id for e in found.events} == {e.event_id for e in events}
+
+
+async def test_a_server_that_lost_its_scripts_gets_them_again_and_nothing_is_lost(client, redis_client, key_prefix):
+    """After a restart or failover Redis no longer knows the writer's scripts (records, bulk writes)."""
+    settings = store_settings(key_prefix)
+    events = random_events(200, seed=21)
+    lines = [MessageLine(e.server, e.msgid, e.time, f"line of {e.event_id}") for e in events if e.msgid]
+    writer = RedisWriter(client, settings)
+    await writer.write(events[:100], lines[:50])
+    redis_client.script_flush()
+    second = await writer.write(events[100:], lines[50:])
+    assert second.new == 100 and second.lines == len(lines) - 50
+    found = await DeliverySearch(client, settings).search(Query(max_results_by_type=0), now=NOW)
+    assert {e.event_id for e in found.events} == {e.event_id for e in events}
+    for event in events:
+        if event.msgid:
+            view = await DeliverySearch(client, settings).message(event.server, event.msgid)
+            assert view is not None and f"line of {event.event_id}" in view.lines
