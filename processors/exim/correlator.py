@@ -333,6 +333,13 @@ class Correlator:
         parent = self.store.get(parent_key)
         if parent is None:
             return []
+        if parent.get(PENDING_BOUNCE) == bounce_msgid or any(
+            rstate.get(R_BOUNCE) == bounce_msgid for rstate in parent.get(RECIPIENTS, {}).values()
+        ):
+            # linked already: this arrival line is replayed (a crash after the parent's state was saved
+            # but before this record was marked done); linking again would leave the id pending and
+            # give it to the parent's next failure, which has a bounce of its own
+            return []
         stored: list[dict[str, Any]] = parent.get(STORED, [])
         events = []
         kept = []

@@ -267,6 +267,26 @@ def test_bounce_is_linked_both_ways() -> None:
     assert of_type(events, EventType.BOUNCED)[-1].bounce_msgid == BOUNCE
 
 
+def test_a_replayed_bounce_arrival_does_not_take_the_next_failures_bounce() -> None:
+    """After a crash the record with a bounce's arrival is processed again against the parent's saved
+    state, which already holds the link: the link must not be made a second time."""
+    second_bounce = "1tsxC0-0000000GkB-2222"
+
+    def bounce_arrival(msgid: str, time: float) -> ParsedLine:
+        return arrival("alice@example.com", time=time, msgid=msgid, address="", bounce_parent=MSG, user="mailnull",
+                       subject="Mail delivery failed: returning message to sender")
+
+    first_failure = failure("one@gmail.com", T0 + 3, error="550 5.1.1 no such user", smtp_code=550)
+    later_failure = failure("two@gmail.com", T0 + 600, error="550 5.1.1 no such user", smtp_code=550)
+    lines = [arrival("one@gmail.com", "two@gmail.com"), first_failure, bounce_arrival(BOUNCE, T0 + 4),
+             later_failure, bounce_arrival(second_bounce, T0 + 601)]
+    clean = latest_by_id(run(lines))
+    replayed = latest_by_id(run([*lines[:3], lines[2], *lines[3:]]))
+    assert replayed == clean
+    bounced = {event["recipient"]: event["bounce_msgid"] for event in clean.values() if event["type"] == "bounced"}
+    assert bounced == {"one@gmail.com": BOUNCE, "two@gmail.com": second_bounce}
+
+
 def test_spam_score_before_arrival_and_sender_identification() -> None:
     events = run(
         [
