@@ -94,24 +94,29 @@ def group_members(kafka: str | KafkaSettings, group: str, timeout: float = 10.0)
 
 def read_topic(kafka: str | KafkaSettings, topic: str, timeout: float = 120.0,
                fetch_bytes: int = 8 << 20) -> Iterator[Record]:
-    """Every record of ``topic`` up to the end it had when called, partition by partition in offset order."""
+    """Every record of ``topic`` up to the end it had when called, partition by partition in offset order.
+
+    A partition is done at its first record at or past that end, or at the end of what it holds (offsets
+    without a record, compacted away or taken by transaction markers, never arrive)."""
     ends = end_offsets(kafka, topic)
     consumer = _reader(kafka, extra={"max.partition.fetch.bytes": fetch_bytes,
-                                     "fetch.max.bytes": max(fetch_bytes, 50 << 20)})
+                                     "fetch.max.bytes": max(fetch_bytes, 50 << 20),
+                                     "enable.partition.eof": True})
     try:
         for partition, end in ends.items():
             if end <= 0:
                 continue
             consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
             deadline = time.monotonic() + timeout
-            position = -1
-            while position + 1 < end:
+            position, at_end = -1, False
+            while position + 1 < end and not at_end:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"could not read {topic}[{partition}] to offset {end}")
                 for message in consumer.consume(num_messages=2000, timeout=1.0):
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
+                            at_end = True
                             continue
                         raise KafkaException(error)
                     position = message.offset() or 0

@@ -199,7 +199,7 @@ class RedisWriter:
         self._samples: list[bytes] = []
         self._store_sha: str | None = None
         self._bulk_sha: str | None = None
-        self._expiry_ceiling = 0  # set by each write from its clock
+        self._expiry_ceiling = 1 << 62  # set by each write from its clock
 
     def _capped(self, expire_at: int) -> int:
         """An expiry no later than this write's ceiling: data dated in the future (a server whose clock
