@@ -50,13 +50,13 @@ log = logging.getLogger("trackdelivery.processor")
 
 
 class MessageLineFactory(Protocol):
-    def __call__(self, server: str, msgid: str, time: float, text: str) -> Any: ...
+    def __call__(self, server: str, msgid: str, time: float, text: str, file: str, offset: int) -> Any: ...
 
 
-def _default_message_line(server: str, msgid: str, time: float, text: str) -> Any:
+def _default_message_line(server: str, msgid: str, time: float, text: str, file: str, offset: int) -> Any:
     from trackdelivery.store.types import MessageLine
 
-    return MessageLine(server, msgid, time, text)
+    return MessageLine(server, msgid, time, text, file, offset)
 
 
 @dataclass(slots=True)
@@ -357,7 +357,7 @@ class Pipeline:
             self._dead_letter(result, server, file, offset, parsed.raw, f"correlator error: {type(error).__name__}")
         if parsed.msgid:
             time = parsed.time if parsed.time is not None else clock
-            result.lines.append(self.message_line(server, parsed.msgid, time, parsed.raw))
+            result.lines.append(self.message_line(server, parsed.msgid, time, parsed.raw, file, offset))
 
     @staticmethod
     def _dead_letter(result: BatchResult, server: str, file: str, offset: int, line: bytes | str, reason: str) -> None:

@@ -42,6 +42,8 @@ from trackdelivery.store.keys import (
     KeySpace,
     Kind,
     clean_text,
+    is_event_field,
+    is_line_chunk_field,
     member_offset,
     member_ref,
     member_type,
@@ -691,7 +693,7 @@ class DeliverySearch:
             arrival_blob = record.get(ARRIVAL_FIELD)
             arrival = codec.decode_arrival(self._record(arrival_blob)) if arrival_blob is not None else None
             for subref, blob in record.items():
-                if subref == ARRIVAL_FIELD:
+                if not is_event_field(subref):
                     continue
                 event = codec.decode_event(self._record(blob), arrival)
                 sort_key = (int(event.time * 1000), msgref + subref)
@@ -732,7 +734,9 @@ class DeliverySearch:
         for msgref in msgrefs:
             pipe.hgetall(self.keys.message(msgref))
         records: list[dict[bytes, bytes]] = list(await pipe.execute())
-        await self._load_dictionaries([blob for record in records for blob in record.values()])
+        await self._load_dictionaries([
+            blob for record in records for name, blob in record.items() if is_event_field(name) or name == ARRIVAL_FIELD
+        ])
         return records
 
     async def _ranges(self, ranges: list[tuple[bytes, bytes, bytes, int]]) -> list[list[bytes]]:
@@ -858,15 +862,20 @@ class DeliverySearch:
         msgref = message_ref(clean_text(server, max_chars), clean_text(msgid, max_chars))
         pipe = self.client.pipeline(transaction=False)
         pipe.hgetall(self.keys.message(msgref))
+        # lines of a store written before they moved into the message hash
         pipe.lrange(self.keys.lines(msgref), 0, settings.max_lines_per_message - 1)
-        record, raw_lines = await pipe.execute()
-        await self._load_dictionaries([*record.values(), *raw_lines])
+        record, listed_lines = await pipe.execute()
+        chunks = {name: blob for name, blob in record.items() if is_line_chunk_field(name)}
+        await self._load_dictionaries(
+            [blob for name, blob in record.items() if is_event_field(name) or name == ARRIVAL_FIELD]
+            + [blob[2:] for blob in chunks.values()] + listed_lines
+        )
         arrival_blob = record.get(ARRIVAL_FIELD)
         stored_arrival = codec.decode_arrival(self._record(arrival_blob)) if arrival_blob is not None else None
         events = [
             codec.decode_event(self._record(blob), stored_arrival)
             for subref, blob in record.items()
-            if subref != ARRIVAL_FIELD
+            if is_event_field(subref)
         ]
         events = [
             event
@@ -891,14 +900,29 @@ class DeliverySearch:
         lines: list[str] = []
         if lines_visible:
             stored_msgid = clean_text(msgid, max_chars).encode("utf-8", "replace")
-            decoded = (self.compression.decompress_line(raw, stored_msgid) for raw in raw_lines)
-            lines.extend(text.decode("utf-8", "replace") for text in dict.fromkeys(decoded))
+            decoded = [self.compression.decompress_line(raw, stored_msgid) for raw in listed_lines]
+            decoded += self._chunk_lines(chunks, stored_msgid)
+            kept = list(dict.fromkeys(decoded))[: settings.max_lines_per_message]
+            lines.extend(text.decode("utf-8", "replace") for text in kept)
         visible.sort(key=lambda event: (event.time, event.event_id))
         bounces = sorted({event.bounce_msgid for event in visible if event.bounce_msgid})
         return MessageView(
             server=server, msgid=msgid, arrival=arrival, events=visible, lines=lines, bounce_msgids=bounces,
             parent_msgid=arrival.get("parent_msgid"), lines_visible=lines_visible,
         )
+
+    def _chunk_lines(self, chunks: dict[bytes, bytes], msgid: bytes) -> list[bytes]:
+        """A message's raw lines from its chunks, ordered by second, file and offset (chunks written again
+        after a crash may overlap; the caller drops repeated lines)."""
+        ordered: list[tuple[int, bytes, int, int, bytes]] = []
+        for name in sorted(chunks):
+            tag = name[5:7]
+            for number, (second, offset, text) in enumerate(
+                codec.decode_line_chunk(name, self.compression.unpack_line_chunk(chunks[name]), msgid)
+            ):
+                ordered.append((second, tag, offset, number, text))
+        ordered.sort(key=lambda line: line[:3])
+        return [line[4] for line in ordered]
 
     # -- stats -----------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from trackdelivery.events import BLOCKED_AND_FAILED, DeliveryEvent, EventType
 from trackdelivery.store import codec
 from trackdelivery.store.keys import (
     ARRIVAL_FIELD,
+    LINE_COUNT_FIELD,
     MSGREF_BYTES,
     REF_BYTES,
     REJECTION_GROUP_SECONDS,
@@ -37,6 +38,7 @@ from trackdelivery.store.keys import (
     entry_partition,
     event_ref,
     index_sources,
+    line_chunk_field,
     member,
     message_ref,
     normalize,
@@ -56,22 +58,41 @@ Pipeline = aioredis.client.Pipeline | aioredis.cluster.ClusterPipeline
 
 _NO_OFFSET = b"\x00" * 4
 
-#: KEYS[1] = message hash, ARGV = expiry, then (field, record) pairs. Stores each record whose field is
-#: absent and returns the previous values (nil = new). One key: safe on Redis Cluster.
+#: KEYS[1] = message hash; ARGV = expiry, number of records, line cap, (field, record) pairs, then
+#: (field, line chunk) pairs. Stores each record whose field is absent and returns the previous values
+#: (nil = new); stores each chunk not stored yet while the message's line count is below the cap;
+#: moves the expiry later, never earlier. One key: safe on Redis Cluster.
 STORE_RECORDS = """
+local key = KEYS[1]
 local olds = {}
-for i = 2, #ARGV, 2 do
-  local old = redis.call('HGET', KEYS[1], ARGV[i])
-  if not old then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-  olds[#olds + 1] = old
+local a = 4
+for r = 1, tonumber(ARGV[2]) do
+  local old = redis.call('HGET', key, ARGV[a])
+  if not old then redis.call('HSET', key, ARGV[a], ARGV[a + 1]) end
+  olds[r] = old
+  a = a + 2
 end
-redis.call('EXPIREAT', KEYS[1], ARGV[1])
+if a <= #ARGV then
+  local count = tonumber(redis.call('HGET', key, '#') or '0')
+  local cap, added = tonumber(ARGV[3]), 0
+  while a <= #ARGV do
+    local chunk = ARGV[a + 1]
+    local lines = string.byte(chunk, 1) * 256 + string.byte(chunk, 2)
+    if count + added < cap and redis.call('HSETNX', key, ARGV[a], chunk) == 1 then
+      added = added + lines
+    end
+    a = a + 2
+  end
+  if added > 0 then redis.call('HINCRBY', key, '#', added) end
+end
+local at = tonumber(ARGV[1])
+if redis.call('EXPIRETIME', key) < at then redis.call('EXPIREAT', key, at) end
 return olds
 """
 
 #: KEYS = every key the ops name; ARGV = ops, each ``op, key number`` then its arguments:
-#: ``z n member…`` ZADD (score 0), ``l last n line…`` RPUSH + LTRIM 0..last, ``e at`` EXPIREAT.
-#: One call for a batch's index entries, line lists and expiries on a single Redis: redis-py spends more
+#: ``z n member…`` ZADD (score 0), ``e at`` EXPIREAT.
+#: One call for a batch's index entries and expiries on a single Redis: redis-py spends more
 #: CPU packing and parsing hundreds of small commands than Redis spends running them.
 BULK_WRITES = """
 local a = 1
@@ -87,12 +108,6 @@ while a <= #ARGV do
     end
     a = a + n
     for s = 1, #args, 2000 do redis.call('ZADD', key, unpack(args, s, math.min(s + 1999, #args))) end
-  elseif op == 'l' then
-    local last, n = ARGV[a + 2], tonumber(ARGV[a + 3])
-    a = a + 4
-    for s = a, a + n - 1, 1000 do redis.call('RPUSH', key, unpack(ARGV, s, math.min(s + 999, a + n - 1))) end
-    a = a + n
-    redis.call('LTRIM', key, 0, last)
   else
     redis.call('EXPIREAT', key, ARGV[a + 2])
     a = a + 3
@@ -104,8 +119,8 @@ return 0
 
 @dataclass(slots=True)
 class _Bulk:
-    """A batch's index entries, line lists and expiries: one script call on a single Redis, the same
-    commands one by one on a cluster (its keys are in many slots)."""
+    """A batch's index entries and expiries: one script call on a single Redis, the same commands one by
+    one on a cluster (its keys are in many slots)."""
 
     keys: dict[bytes, int] = field(default_factory=dict)
     ops: list[tuple[str, bytes, int, list[bytes]]] = field(default_factory=list)  # op, key, number, values
@@ -115,9 +130,6 @@ class _Bulk:
 
     def zadd(self, key: bytes, members: list[bytes]) -> None:
         self.ops.append(("z", key, self._number(key), members))
-
-    def lines(self, key: bytes, texts: list[bytes], last: int) -> None:
-        self.ops.append(("l", key, self._number(key), [str(last).encode(), *texts]))
 
     def expireat(self, key: bytes, at: int) -> None:
         self.ops.append(("e", key, self._number(key), [str(at).encode()]))
@@ -129,9 +141,6 @@ class _Bulk:
             for op, key, _, values in self.ops:
                 if op == "z":
                     pipe.zadd(key, dict.fromkeys(values, 0))
-                elif op == "l":
-                    pipe.rpush(key, *values[1:])
-                    pipe.ltrim(key, 0, int(values[0]))
                 else:
                     pipe.expireat(key, int(values[0]))
             return
@@ -140,9 +149,6 @@ class _Bulk:
             arguments += [op, number]
             if op == "z":
                 arguments.append(len(values))
-            elif op == "l":
-                arguments += [values[0], len(values) - 1]
-                values = values[1:]
             arguments += values
         pipe.evalsha(script_sha, len(self.keys), *self.keys, *arguments)
 
@@ -167,7 +173,16 @@ class _Message:
     arrival_raw: bytes | None = None
     arrival_blob: bytes | None = None
     old_arrival: bytes | None = None
+    chunks: list[tuple[bytes, bytes]] = field(default_factory=list)  # (field, value) of raw line chunks
+    # on a cluster: the stored line count before this write and which chunks it newly stored
+    lines_before: int = 0
+    chunks_stored: list[bool] = field(default_factory=list)
 
+
+#: the largest stored line chunk: below ``hash-max-listpack-value`` (REDIS_CONFIG), so the message hash
+#: stays a compact listpack; a single line larger than this is a chunk of its own
+LINE_CHUNK_BYTES = 480
+MAX_LINES_PER_CHUNK = 1000
 
 #: how far past ``now`` + lifetime + retention an expiry may reach: a day-wide bucket's end, plus a day
 EXPIRY_LEAD_SECONDS = 2 * 86400
@@ -264,7 +279,8 @@ class RedisWriter:
             await self._store(prepared, messages, lines, now, stats)
         arrivals = [message for message in messages.values() if message.arrival_blob is not None]
         await self._load_dictionaries([item.old for item in prepared] + [message.old_arrival for message in arrivals])
-        await self._settle(prepared, arrivals, stats)
+        chunked = [message for message in messages.values() if message.chunks_stored]
+        await self._settle(prepared, arrivals, stats, chunked)
         if self.wait_replicas:
             await self.wait_replicated()
         return stats
@@ -363,15 +379,17 @@ class RedisWriter:
         self, prepared: list[_Prepared], messages: dict[bytes, _Message], lines: Sequence[MessageLine], now: float,
         stats: WriteStats,
     ) -> None:
-        """Round 1: records (one script call per message hash; HGET + HSETNX pairs on a cluster, whose
-        pipelines refuse scripts) and index entries."""
+        """Round 1: records and line chunks (one script call per message hash; on a cluster, whose pipelines
+        refuse scripts, HGET + HSETNX pairs) and index entries."""
         cluster = isinstance(self.client, aioredis.RedisCluster)
         if (self._store_sha is None or self._bulk_sha is None) and not cluster:
             self._store_sha = codec.as_bytes(await self.client.script_load(STORE_RECORDS)).decode()
             self._bulk_sha = codec.as_bytes(await self.client.script_load(BULK_WRITES)).decode()
+        stats.lines = self._chunk_lines(messages, lines, now)
         per_message: dict[bytes, list[_Prepared]] = {}
         for item in prepared:
             per_message.setdefault(item.message_key, []).append(item)
+        cap = self.settings.max_lines_per_message
         pipe = self.client.pipeline(transaction=False)
         for key, message in messages.items():
             pairs = [(item.ref[MSGREF_BYTES:], item.blob) for item in per_message.get(key, ())]
@@ -381,10 +399,15 @@ class RedisWriter:
                 for field_name, blob in pairs:
                     pipe.hget(key, field_name)
                     pipe.hsetnx(key, field_name, blob)
-                pipe.expireat(key, message.expire_at)
+                if message.chunks:
+                    pipe.hget(key, LINE_COUNT_FIELD)
+                    for field_name, chunk in message.chunks:
+                        pipe.hsetnx(key, field_name, chunk)
+                pipe.expireat(key, message.expire_at, nx=True)
+                pipe.expireat(key, message.expire_at, gt=True)
             else:
-                arguments: list[bytes | int] = [message.expire_at]
-                for field_name, blob in pairs:
+                arguments: list[bytes | int] = [message.expire_at, len(pairs), cap]
+                for field_name, blob in (*pairs, *message.chunks):
                     arguments += [field_name, blob]
                 pipe.evalsha(self._store_sha or "", 1, key, *arguments)
         expiries: dict[bytes, int] = {}
@@ -396,17 +419,22 @@ class RedisWriter:
         bulk = _Bulk()
         for index_key, entries in additions.items():
             bulk.zadd(index_key, list(entries))
-        stats.lines = self._queue_lines(bulk, lines, now)
         self._queue_expiries(bulk, expiries, now)
         bulk.queue(pipe, None if cluster else self._bulk_sha)
         self._queue_directory(pipe, prepared, now)
         replies = await pipe.execute()
-        if cluster:  # [old, set?] per record, then the expiry, message by message
+        if cluster:  # per message: [old, set?] per record, [count, set? per chunk], two expiries
             olds_per_message, position = [], 0
             for key, message in messages.items():
                 count = len(per_message.get(key, ())) + (message.arrival_blob is not None)
                 olds_per_message.append(replies[position : position + 2 * count : 2])
-                position += 2 * count + 1
+                position += 2 * count
+                if message.chunks:
+                    message.lines_before = int(replies[position] or 0)
+                    stored = replies[position + 1 : position + 1 + len(message.chunks)]
+                    message.chunks_stored = [bool(reply) for reply in stored]
+                    position += 1 + len(message.chunks)
+                position += 2
         else:
             olds_per_message = replies[: len(messages)]
         for (key, message), olds in zip(messages.items(), olds_per_message, strict=True):
@@ -511,25 +539,51 @@ class RedisWriter:
             event.reason.value if event.reason is not None else None,
         )
 
-    def _queue_lines(self, bulk: _Bulk, lines: Sequence[MessageLine], now: float) -> int:
+    def _chunk_lines(self, messages: dict[bytes, _Message], lines: Sequence[MessageLine], now: float) -> int:
+        """Packs each message's lines into chunks of its hash (one file's consecutive lines, compressed
+        together, at most LINE_CHUNK_BYTES stored); returns how many lines were given."""
         settings = self.settings
-        grouped: dict[bytes, list[bytes]] = {}
-        expiries: dict[bytes, int] = {}
+        lifetime = settings.message_lifetime_seconds + settings.retention_seconds
+        grouped: dict[tuple[bytes, str], list[tuple[MessageLine, bytes]]] = {}
+        msgids: dict[bytes, bytes] = {}
         for line in lines:
-            if not line.server or not line.msgid or line.time + settings.retention_seconds <= now:
-                continue
-            key = self.keys.lines(message_ref(line.server, line.msgid))
+            if not line.server or not line.msgid or not line.time + settings.retention_seconds > now:
+                continue  # (a NaN time fails the comparison too)
+            key = self.keys.message(message_ref(line.server, line.msgid))
             text = line.text.encode("utf-8", "replace")[: settings.max_line_bytes]
-            msgid = line.msgid.encode("utf-8", "replace")
+            msgid = msgids.setdefault(key, line.msgid.encode("utf-8", "replace"))
             self._sample(codec.RecordCompression.elide(text, msgid) or text)
-            grouped.setdefault(key, []).append(self.compression.compress_line(text, msgid))
-            lifetime = settings.message_lifetime_seconds + settings.retention_seconds
+            grouped.setdefault((key, line.file), []).append((line, text))
             expire_at = self._capped(int(line.time + lifetime) + 1)
-            expiries[key] = max(expiries.get(key, 0), expire_at)
-        for key, texts in grouped.items():
-            bulk.lines(key, texts, settings.max_lines_per_message - 1)
-            bulk.expireat(key, expiries[key])
-        return sum(len(texts) for texts in grouped.values())
+            message = messages.get(key)
+            if message is None:
+                messages[key] = message = _Message(key=key, expire_at=expire_at)
+            message.expire_at = max(message.expire_at, expire_at)
+        count = 0
+        most = min(MAX_LINES_PER_CHUNK, settings.max_lines_per_message)  # a message keeps < cap + one chunk
+        for (key, file), entries in grouped.items():
+            chunk_lines = [
+                (int(line.time), line.offset if line.offset >= 0 else number, text)
+                for number, (line, text) in enumerate(entries)
+            ]
+            count += len(chunk_lines)
+            for start in range(0, len(chunk_lines), most):
+                messages[key].chunks.extend(self._pack_chunks(chunk_lines[start : start + most], msgids[key], file))
+        return count
+
+    def _pack_chunks(self, lines: list[codec.ChunkLine], msgid: bytes, file: str) -> list[tuple[bytes, bytes]]:
+        """``lines`` as one chunk, or halved until every chunk fits LINE_CHUNK_BYTES (or is one line): a
+        message's lines of one batch usually fit one chunk, so this compresses once."""
+        packed = self._pack_chunk(lines, msgid, file)
+        if len(packed[1]) <= LINE_CHUNK_BYTES or len(lines) == 1:
+            return [packed]
+        middle = len(lines) // 2
+        return self._pack_chunks(lines[:middle], msgid, file) + self._pack_chunks(lines[middle:], msgid, file)
+
+    def _pack_chunk(self, chunk: list[codec.ChunkLine], msgid: bytes, file: str) -> tuple[bytes, bytes]:
+        payload = codec.line_chunk_payload(chunk, msgid)
+        name = line_chunk_field(chunk[0][0], file, chunk[0][1], payload)
+        return name, self.compression.pack_line_chunk(len(chunk), payload)
 
     def _queue_directory(self, pipe: Pipeline, prepared: list[_Prepared], now: float) -> None:
         """Notes which time-index buckets hold which types (lets a no-filter search skip empty buckets)."""
@@ -564,8 +618,22 @@ class RedisWriter:
             cutoff = now - refresh
             self._expiry_sent = {key: at for key, at in sent.items() if at >= cutoff}
 
-    async def _settle(self, prepared: list[_Prepared], arrivals: list[_Message], stats: WriteStats) -> None:
+    async def _settle(
+        self, prepared: list[_Prepared], arrivals: list[_Message], stats: WriteStats, chunked: list[_Message],
+    ) -> None:
         pipe = self.client.pipeline(transaction=False)
+        cap = self.settings.max_lines_per_message
+        for message in chunked:  # a cluster stored chunks unconditionally: count them, drop what is over the cap
+            added = 0
+            for (chunk_field, chunk), stored in zip(message.chunks, message.chunks_stored, strict=True):
+                if not stored:
+                    continue
+                if message.lines_before + added < cap:
+                    added += codec.chunk_line_count(chunk)
+                else:
+                    pipe.hdel(message.key, chunk_field)
+            if added:
+                pipe.hincrby(message.key, LINE_COUNT_FIELD, added)
         counters: dict[tuple[bytes, str], int] = {}
         stat_expiry: dict[bytes, int] = {}
         decompress = self.compression.decompress

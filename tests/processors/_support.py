@@ -20,6 +20,7 @@ from processors.pipeline import BatchResult, Pipeline
 from trackdelivery import kafka_clients
 from trackdelivery.events import DeliveryEvent
 from trackdelivery.records import encode_batch
+from trackdelivery.store.keys import ARRIVAL_FIELD, is_event_field
 from trackdelivery.store.types import StoreSettings
 
 
@@ -72,7 +73,7 @@ def fleet_records(files: Iterable[Path], lines_per_record: int = 8) -> list[tupl
     return interleaved
 
 
-def tuple_line(server: str, msgid: str, time: float, text: str) -> tuple[str, str, float, str]:
+def tuple_line(server: str, msgid: str, time: float, text: str, file: str, offset: int) -> tuple[str, str, float, str]:
     return (server, msgid, time, text)
 
 
@@ -270,9 +271,9 @@ async def message_views(
 def store_structure(redis_url: str, prefix: str, *, cluster: bool = False) -> dict[bytes, Any]:
     """Every key of the store with its value, except what legitimately differs between two writers of the
     same events: record blobs (compressed with a dictionary each writer trains on its own samples) are
-    reduced to their field names, the dictionaries left out, and line lists to their type (their lines are
-    compressed the same way: the message views compare them decoded and de-duplicated, as the reader shows
-    them)."""
+    reduced to the names of their event and arrival fields, the dictionaries left out, and line lists to
+    their type (lines are compressed the same way and chunked by batch: the message views compare them
+    decoded and de-duplicated, as the reader shows them)."""
     structure: dict[bytes, Any] = {}
     for key, (kind, value) in redis_dump(redis_url, prefix, cluster=cluster).items():
         if key.startswith(b"dict:"):
@@ -280,7 +281,9 @@ def store_structure(redis_url: str, prefix: str, *, cluster: bool = False) -> di
         if kind == b"string":
             structure[key] = kind
         elif kind == b"hash" and key.startswith(b"m:"):
-            structure[key] = (kind, sorted(value))
+            # line chunks depend on how records were batched (a crash replays other batches): the message
+            # views compare the lines
+            structure[key] = (kind, sorted(name for name in value if is_event_field(name) or name == ARRIVAL_FIELD))
         elif kind == b"list":
             structure[key] = kind
         else:

@@ -24,6 +24,7 @@ from tests.processors._support import (
 )
 from trackdelivery.events import EventType
 from trackdelivery.records import encode_batch
+from trackdelivery.store.types import MessageLine
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +59,14 @@ def test_records_give_the_same_events_as_plain_parse_and_correlate(fleet: list[P
 
 def test_message_lines_carry_every_line_with_a_message_id(fleet: list[Path]) -> None:
     path = fleet[0]
-    results = list(run_offline(file_records(path, "srv")))
+    results = list(run_offline(file_records(path, "srv"), offline_pipeline(message_line=MessageLine)))
     lines = [line for result in results for line in result.lines]
 
-    expected = [parsed.raw for parsed in parse_lines(data for _, data in file_lines(path)) if parsed.msgid]
-    assert [text for _, _, _, text in lines] == expected
-    assert all(server == "srv" and msgid for server, msgid, _, _ in lines)
+    read = file_lines(path)
+    parsed_lines = parse_lines(data for _, data in read)
+    expected = [(offset, parsed.raw) for (offset, _), parsed in zip(read, parsed_lines, strict=True) if parsed.msgid]
+    assert [(line.offset, line.text) for line in lines] == expected  # where each was read: the view's order
+    assert all(line.server == "srv" and line.msgid for line in lines) and len({line.file for line in lines}) == 1
 
 
 def test_duplicate_and_overlapping_records_are_dropped_by_offset(fleet: list[Path]) -> None:

@@ -16,7 +16,7 @@ import zstandard
 
 from trackdelivery.events import SCHEMA_VERSION, DeliveryEvent, EventType, Reason, RetryState, make_event_id
 from trackdelivery.store.exceptions import StoreError
-from trackdelivery.store.keys import TYPE_CODES, TYPES_BY_CODE, clean_text
+from trackdelivery.store.keys import LINE_CHUNK_FIELD_BYTES, TYPE_CODES, TYPES_BY_CODE, clean_text
 
 #: event field -> stored key, for fields of one delivery attempt
 EVENT_FIELDS = {
@@ -276,6 +276,22 @@ class RecordCompression:
             return decompressor.decompress(blob[self.HEADER :], max_output_size=1 << 22).replace(MSGID_MARK, msgid, 1)
         return self.decompress(blob) if blob else blob
 
+    def pack_line_chunk(self, count: int, payload: bytes) -> bytes:
+        """A stored line chunk: line count (2 bytes, read by the store script for the cap), then ``0x00`` and
+        the payload, or ``0x01`` + dictionary id + the payload compressed."""
+        head = count.to_bytes(2, "big")
+        if self._compressor is not None and self.dictionary_id is not None:
+            frame = self._compressor.compress(payload)
+            if len(frame) + 2 < len(payload):
+                return head + bytes((self.MARKER,)) + self.dictionary_id + frame
+        return head + b"\x00" + payload
+
+    def unpack_line_chunk(self, value: bytes) -> bytes:
+        """The payload of a stored line chunk (its dictionary must be loaded: ``missing(value[2:])``)."""
+        if value[2:3] == b"\x00":
+            return value[3:]
+        return self.decompress(value[2:])
+
     def missing(self, blob: bytes | None) -> bytes | None:
         """The id of the dictionary ``blob`` needs when it is not loaded yet."""
         if blob and blob[0] in (self.MARKER, self.ELIDED):
@@ -300,6 +316,74 @@ class RecordCompression:
             if data is None:
                 raise StoreError(f"record dictionary {dictionary_id.hex()} is missing from the store")
             self.install(dictionary_id, as_bytes(data), use=False)
+
+
+def _varint(value: int, out: bytearray) -> None:
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+
+
+def _read_varint(data: bytes, position: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, position
+        shift += 7
+
+
+def _zigzag(value: int) -> int:
+    return value * 2 if value >= 0 else -value * 2 - 1
+
+
+def _unzigzag(value: int) -> int:
+    return value // 2 if value % 2 == 0 else -(value + 1) // 2
+
+
+#: (second, offset, text) of one raw line in a chunk
+ChunkLine = tuple[int, int, bytes]
+
+
+def line_chunk_payload(lines: Sequence[ChunkLine], msgid: bytes) -> bytes:
+    """Lines of one message and one file, each as ``zigzag(second - first second)``, ``zigzag(offset -
+    first offset)``, ``length << 1 | elided`` (varints) and its bytes, the message id left out where that
+    can be undone. The first line's second and offset are in the chunk's field name."""
+    base_second, base_offset = lines[0][0], lines[0][1]
+    out = bytearray()
+    for second, offset, text in lines:
+        elided = RecordCompression.elide(text, msgid)
+        body = text if elided is None else elided
+        _varint(_zigzag(second - base_second), out)
+        _varint(_zigzag(offset - base_offset), out)
+        _varint(len(body) << 1 | (elided is not None), out)
+        out += body
+    return bytes(out)
+
+
+def chunk_line_count(value: bytes) -> int:
+    return int.from_bytes(value[:2], "big")
+
+
+def decode_line_chunk(name: bytes, payload: bytes, msgid: bytes) -> list[ChunkLine]:
+    """The lines ``line_chunk_payload`` packed under field ``name``, with absolute seconds and offsets."""
+    if len(name) != LINE_CHUNK_FIELD_BYTES:
+        raise ValueError("not a line chunk field")
+    base_second, base_offset = int.from_bytes(name[1:5], "big"), int.from_bytes(name[7:12], "big")
+    lines: list[ChunkLine] = []
+    position = 0
+    while position < len(payload):
+        second, position = _read_varint(payload, position)
+        offset, position = _read_varint(payload, position)
+        size, position = _read_varint(payload, position)
+        body = payload[position : position + (size >> 1)]
+        position += size >> 1
+        text = body.replace(MSGID_MARK, msgid, 1) if size & 1 else body
+        lines.append((base_second + _unzigzag(second), base_offset + _unzigzag(offset), text))
+    return lines
 
 
 def as_bytes(value: bytes | str) -> bytes:

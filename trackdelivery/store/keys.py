@@ -25,11 +25,35 @@ REJECTION_GROUP_SECONDS = 60
 #: field of a message record that holds the arrival data
 ARRIVAL_FIELD = b"a"
 MSGREF_BYTES = 8
+SUBREF_BYTES = 3
+#: field of a message record counting the raw lines its chunks hold (the ``max_lines_per_message`` cap)
+LINE_COUNT_FIELD = b"#"
+#: a chunk of the message's raw lines: ``L`` | first line's second (4) | file tag (2) | first line's
+#: offset (5) | payload digest (2); sorting the names sorts chunks roughly in log order
+LINE_CHUNK_PREFIX = b"L"
+LINE_CHUNK_FIELD_BYTES = 14
 DIGEST_BYTES = 3
 TYPE_AT = DIGEST_BYTES + 4  # position of the type code in a member
 MEMBER_BYTES = TYPE_AT + 1 + REF_BYTES
 
 _TIME = struct.Struct(">I")
+
+
+def is_event_field(name: bytes) -> bool:
+    """Whether a message hash field holds an event record (not the arrival, a line chunk or the count)."""
+    return len(name) == SUBREF_BYTES
+
+
+def is_line_chunk_field(name: bytes) -> bool:
+    return len(name) == LINE_CHUNK_FIELD_BYTES and name[:1] == LINE_CHUNK_PREFIX
+
+
+def line_chunk_field(time: float, file: str, offset: int, payload: bytes) -> bytes:
+    """The field of a line chunk: deterministic, so writing the same chunk again is a no-op."""
+    second = min(max(int(time), 0), 0xFFFFFFFF) if time == time else 0
+    tag = hashlib.blake2b(file.encode("utf-8", "surrogatepass"), digest_size=2).digest()
+    digest = hashlib.blake2b(payload, digest_size=2).digest()
+    return LINE_CHUNK_PREFIX + _TIME.pack(second) + tag + min(max(offset, 0), (1 << 40) - 1).to_bytes(5, "big") + digest
 
 
 class Kind(StrEnum):
@@ -170,6 +194,7 @@ class KeySpace:
         return self.prefix + b"m:" + msgref
 
     def lines(self, msgref: bytes) -> bytes:
+        """A message's raw lines as a list: the layout before lines moved into the message hash (read only)."""
         return self.prefix + b"l:" + msgref
 
     def index(self, kind: Kind, bucket: int, partition: int) -> bytes:

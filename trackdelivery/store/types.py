@@ -72,12 +72,17 @@ class StoreSettings(BaseSettings):
 
 @dataclass(frozen=True, slots=True)
 class MessageLine:
-    """One raw log line of a message (``time`` is the line's epoch seconds), stored in arrival order."""
+    """One raw log line of a message (``time`` is the line's epoch seconds). ``file`` and ``offset`` say
+    where it was read (the shipper's file identity and byte offset): the message view orders lines by
+    second, file and offset, and a line written again is recognised. Without them (``offset`` -1) lines
+    keep the order they were written in within one ``write`` call."""
 
     server: str
     msgid: str
     time: float
     text: str
+    file: str = ""
+    offset: int = -1
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from processors.sinks.redis import RedisWriter
 from query_service.search import DeliverySearch
 from tests.trackdelivery.store.factories import NOW, make_event, random_events, snapshot, store_settings
 from trackdelivery.events import EventType, Reason
-from trackdelivery.store.keys import KeySpace, Kind, message_ref
+from trackdelivery.store import codec
+from trackdelivery.store.keys import LINE_COUNT_FIELD, KeySpace, Kind, is_line_chunk_field, message_ref
 from trackdelivery.store.types import MessageLine, Query
 
 
@@ -44,14 +45,45 @@ async def test_replayed_lines_are_stored_again_but_shown_once(client, key_prefix
     assert view is not None and view.lines == ["a <= x", "a => y", "a Completed"]
 
 
+def line_chunks(redis_client, settings, server, msgid):
+    """The message hash's line chunks: field -> stored value."""
+    record = redis_client.hgetall(KeySpace(settings).message(message_ref(server, msgid)))
+    return {name: value for name, value in record.items() if is_line_chunk_field(name)}
+
+
 async def test_lines_are_bounded_in_number_and_size(client, redis_client, key_prefix):
     settings = store_settings(key_prefix, max_lines_per_message=5, max_line_bytes=100)
     event = make_event(time=NOW - 60)
     lines = [MessageLine(event.server, event.msgid, event.time, f"{n} " + "x" * 5000) for n in range(20)]
-    await RedisWriter(client, settings).write([event], lines)
-    stored = redis_client.lrange(KeySpace(settings).lines(message_ref(event.server, event.msgid)), 0, -1)
-    assert len(stored) == 5 and all(len(line) == 100 for line in stored)
-    assert stored[0].startswith(b"0 ")
+    writer = RedisWriter(client, settings)
+    await writer.write([event], lines)
+    await writer.write([event], [MessageLine(event.server, event.msgid, event.time + 1, "later")])
+    chunks = line_chunks(redis_client, settings, event.server, event.msgid)
+    stored = sum(codec.chunk_line_count(value) for value in chunks.values())
+    # chunks are stored while the count is below the cap: at most one chunk (<= cap lines) goes over it
+    assert 5 <= stored < 10 and all(codec.chunk_line_count(value) <= 5 for value in chunks.values())
+    record = redis_client.hgetall(KeySpace(settings).message(message_ref(event.server, event.msgid)))
+    assert record[LINE_COUNT_FIELD] == str(stored).encode()
+    view = await DeliverySearch(client, settings).message(event.server, event.msgid)
+    assert view is not None and view.lines == [(f"{n} " + "x" * 5000)[:100] for n in range(5)]
+
+
+async def test_lines_keep_log_order_whatever_batches_carried_them(client, key_prefix):
+    """A crash replays lines in other batches than the first run: the message view is the clean run's."""
+    event = make_event(time=NOW - 600)
+    texts = [f"line {n} of {event.msgid}" for n in range(12)]
+    old_file = [MessageLine(event.server, event.msgid, event.time + n // 4, text, "inode-1", 100 * n)
+                for n, text in enumerate(texts[:8])]
+    new_file = [MessageLine(event.server, event.msgid, event.time + 2 + n // 2, text, "inode-2", 90 * n)
+                for n, text in enumerate(texts[8:])]  # after rotation: offsets start again
+    clean, replayed = store_settings(key_prefix.rstrip(":") + "c"), store_settings(key_prefix.rstrip(":") + "r")
+    await RedisWriter(client, clean).write([event], old_file + new_file)
+    writer = RedisWriter(client, replayed)
+    for batch in (old_file[:5], old_file[3:7], [old_file[1], *old_file[7:], new_file[0]], new_file, new_file[:2]):
+        await writer.write([event], list(reversed(batch)))
+    for settings in (clean, replayed):
+        view = await DeliverySearch(client, settings).message(event.server, event.msgid)
+        assert view is not None and view.lines == texts
 
 
 async def test_lines_are_compressed_once_a_dictionary_is_trained_and_read_back_exactly(client, redis_client,
@@ -68,29 +100,23 @@ async def test_lines_are_compressed_once_a_dictionary_is_trained_and_read_back_e
                  f"{stamp} {event.msgid} => {event.recipient} R=dkim_lookuphost T=remote_smtp H=mx.example.com",
                  f"{stamp} {event.msgid} Completed", *hostile,
                  f"{stamp} {event.msgid} \x1a the id's stand-in byte already here, and the id again: {event.msgid}"]
-        return [MessageLine(event.server, event.msgid, event.time, text) for text in texts]
+        return [MessageLine(event.server, event.msgid, event.time, text, "f", 200 * n) for n, text in enumerate(texts)]
 
     writer = RedisWriter(client, settings)
     for start in range(0, len(events), 50):  # the dictionary is trained from the samples of the first writes
         batch = events[start : start + 50]
         await writer.write(batch, [line for event in batch for line in lines_of(event)])
     assert writer.compression.dictionary_id is not None
-    keys, search = KeySpace(settings), DeliverySearch(client, settings)
-    last = events[-1]
-    stored = redis_client.lrange(keys.lines(message_ref(last.server, last.msgid)), 0, -1)
-    # compressed without the message id (the key names the message)
-    assert stored[0][:1] == b"\x02" and len(stored[0]) < len(lines_of(last)[0].text) / 1.5
-    assert last.msgid.encode() not in stored[0]
-    for blob, text in zip(stored[3:], [*hostile, lines_of(last)[-1].text], strict=True):
-        # compressed (with the id, which cannot be left out when its stand-in byte is in the line already),
-        # escaped, or as it is when that is unambiguous
-        if blob[:1] in (b"\x01", b"\x02"):
-            assert blob != text.encode() and (blob[:1] == b"\x01" or "\x1a" not in text)
-        elif blob[:1] == b"\x00":
-            assert blob == b"\x00" + text.encode()
-        else:
-            assert blob == text.encode() and text[:1] not in ("\x00", "\x01")
-    for event in (events[0], last):  # written before the dictionary existed, and after
+    search = DeliverySearch(client, settings)
+    first, last = events[0], events[-1]
+    stored = line_chunks(redis_client, settings, last.server, last.msgid)
+    raw = sum(len(line.text.encode()) for line in lines_of(last))
+    # compressed together, without the message id (the key names the message)
+    assert all(value[2:3] == b"\x01" for value in stored.values()) and sum(map(len, stored.values())) < raw / 2
+    assert not any(last.msgid.encode() in value for value in stored.values())
+    before = line_chunks(redis_client, settings, first.server, first.msgid)
+    assert before and all(value[2:3] == b"\x00" for value in before.values())
+    for event in (first, last):  # written before the dictionary existed, and after
         view = await search.message(event.server, event.msgid)
         assert view is not None and view.lines == [line.text for line in lines_of(event)]
 
@@ -177,7 +203,8 @@ async def test_data_dated_years_ahead_expires_like_data_written_now(client, redi
     await RedisWriter(client, settings).write(events, lines)
     keys = [key for key in redis_client.scan_iter(match=f"{settings.prefix}:*".encode())
             if not key.startswith(f"{settings.prefix}:dict".encode())]
-    assert {key.split(b":")[1] for key in keys} >= {b"m", b"l", b"x", b"st"}
+    assert {key.split(b":")[1] for key in keys} >= {b"m", b"x", b"st"}
+    assert any(line_chunks(redis_client, settings, e.server, e.msgid) for e in events if e.msgid)
     for key in keys:  # retention + message lifetime + the lead of two days, and never persistent
         assert 0 < redis_client.ttl(key) <= 86400 + 86400 + 2 * 86400 + 120, key
     found = await DeliverySearch(client, settings).search(Query(max_results_by_type=0), now=ahead)
