@@ -12,13 +12,47 @@ from __future__ import annotations
 
 from typing import Any
 
+import hiredis
 import redis
 import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
 
 from trackdelivery.settings import RedisSettings
 
 AsyncRedisClient = aioredis.Redis | aioredis.RedisCluster
 SyncRedisClient = redis.Redis | redis.RedisCluster
+
+
+class _HiredisPacking(AbstractConnection):
+    """Commands packed by hiredis' C encoder: byte for byte what redis-py's Python one makes, about 4x
+    faster. The query store's writer sends ~20 arguments per event, and packing them was ~15% of its CPU."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str | bytes) and (" " in args[0] if isinstance(args[0], str) else b" " in args[0]):
+            return super().pack_command(*args)  # a command name with words of its own ("CONFIG SET")
+        try:
+            return [hiredis.pack_command(args)]
+        except TypeError:  # a type hiredis does not take: redis-py's encoder decides (and names the error)
+            return super().pack_command(*args)
+
+
+class _PackedConnection(_HiredisPacking, aioredis.Connection):
+    pass
+
+
+class _PackedSSLConnection(_HiredisPacking, aioredis.SSLConnection):
+    pass
+
+
+class _PackedUnixConnection(_HiredisPacking, aioredis.UnixDomainSocketConnection):
+    pass
+
+
+_PACKED: dict[type, type] = {
+    aioredis.Connection: _PackedConnection,
+    aioredis.SSLConnection: _PackedSSLConnection,
+    aioredis.UnixDomainSocketConnection: _PackedUnixConnection,
+}
 
 
 def _options(timeout: float | None, health_check_interval: int) -> dict[str, Any]:
@@ -42,7 +76,10 @@ def redis_client(
     options = _options(timeout, health_check_interval)
     if settings.cluster:
         return aioredis.RedisCluster.from_url(settings.url, **options)
-    return aioredis.Redis.from_url(settings.url, **options)
+    client = aioredis.Redis.from_url(settings.url, **options)
+    pool = client.connection_pool
+    pool.connection_class = _PACKED.get(pool.connection_class, pool.connection_class)
+    return client
 
 
 def sync_redis_client(

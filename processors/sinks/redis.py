@@ -215,6 +215,7 @@ class RedisWriter:
         self._store_sha: str | None = None
         self._bulk_sha: str | None = None
         self._expiry_ceiling = 1 << 62  # set by each write from its clock
+        self._index_keys: dict[tuple[Kind, int, int], tuple[bytes, int, int]] = {}
 
     def _capped(self, expire_at: int) -> int:
         """An expiry no later than this write's ceiling: data dated in the future (a server whose clock
@@ -471,6 +472,11 @@ class RedisWriter:
             message = _Message(key=item.message_key, expire_at=self._message_expiry(event))
             messages[item.message_key] = message
         if event.msgid:
+            arrival = message.arrival
+            if arrival is not None and all(
+                getattr(event, name) == getattr(arrival, name) for name in codec.ARRIVAL_ATTRIBUTES
+            ):
+                return  # the same arrival data as the message's events before it
             raw = codec.encode_arrival_blob(event, self.settings.max_field_chars)
             if message.arrival_raw is None or len(raw) > len(message.arrival_raw):
                 message.arrival, message.arrival_raw = event, raw
@@ -501,9 +507,9 @@ class RedisWriter:
                 partition = entry_partition(kind, digest, item.ref, partitions)
             bucket = time_ms // (width * 1000)
             offset = min(time_ms - bucket * width * 1000, 0xFFFFFFFE)
-            key = keys.index(kind, bucket, partition)
+            key, expire_at = self._index_key(kind, bucket, partition, width, retention)
             item.entries[member(digest, type_code, offset, item.ref)] = key
-            item.expiries[key] = self._capped(int((bucket + 1) * width + retention) + 1)
+            item.expiries[key] = expire_at
         if event.msgid:
             # one entry per message: the message-id filter reads the whole message record
             value = normalize(Kind.MSGID, event.msgid, max_chars)
@@ -518,6 +524,18 @@ class RedisWriter:
                     int(end + settings.message_lifetime_seconds + settings.retention_seconds) + 1)
             else:
                 item.expiries[key] = self._message_expiry(event)
+
+    def _index_key(self, kind: Kind, bucket: int, partition: int, width: int, retention: float) -> tuple[bytes, int]:
+        """An index set's name and expiry (a batch names the same few hundred sets thousands of times)."""
+        cache = self._index_keys
+        found = cache.get((kind, bucket, partition))
+        if found is None or found[2] != self._expiry_ceiling:
+            if len(cache) > 100_000:
+                cache.clear()
+            key = self.keys.index(kind, bucket, partition)
+            found = cache[(kind, bucket, partition)] = (
+                key, self._capped(int((bucket + 1) * width + retention) + 1), self._expiry_ceiling)
+        return found[0], found[1]
 
     @staticmethod
     def _sources(event: DeliveryEvent) -> list[tuple[Kind, str]]:

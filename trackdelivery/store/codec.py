@@ -62,6 +62,8 @@ STRING_FIELDS = tuple(
     if name not in ("time", "smtp_code", "exim_errno", "arrival_time", "spam_score", "size", "reason")
 )
 
+#: every event attribute the arrival record is made of
+ARRIVAL_ATTRIBUTES = (*IDENTITY_FIELDS, *ARRIVAL_FIELDS, "sender", "sender_domain")
 _ARRIVAL_BY_KEY = {key: name for name, key in (*ARRIVAL_FIELDS.items(), *IDENTITY_FIELDS.items())}
 _EVENT_BY_KEY = {key: name for name, key in EVENT_FIELDS.items()}
 

@@ -111,6 +111,8 @@ _BASE62 = {c: i for i, c in enumerate("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcde
 
 def clean_text(value: str, max_chars: int) -> str:
     """``value`` bounded to ``max_chars`` and safe to encode (lone surrogates become ``?``)."""
+    if len(value) <= max_chars and value.isascii():
+        return value
     if len(value) > max_chars:
         value = value[:max_chars]
     try:
