@@ -30,6 +30,7 @@ from trackdelivery.store.keys import (
     ALL_TYPES,
     ARRIVAL_FIELD,
     DIGEST_BYTES,
+    DIRECTORY_KINDS,
     MSGREF_BYTES,
     REF_BYTES,
     STATS_COUNTERS,
@@ -42,6 +43,7 @@ from trackdelivery.store.keys import (
     KeySpace,
     Kind,
     clean_text,
+    directory_slot,
     is_event_field,
     is_line_chunk_field,
     member_offset,
@@ -440,7 +442,7 @@ class DeliverySearch:
         partitions = value_partitions(kind, digest, keys.partitions(kind))
         head = digest[:DIGEST_BYTES]
         return IndexValue(kind, keys.bucket_seconds(kind) * 1000, head, _increment(head), partitions.start,
-                          len(partitions))
+                          len(partitions), directory_slot(digest) if kind in DIRECTORY_KINDS else -1)
 
     async def _sparsest(self, matcher: _Matcher, hi_ms: int) -> str | None:
         """With two or more single-value index filters, the one with the fewest entries per second in

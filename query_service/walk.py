@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from trackdelivery.store.keys import DIGEST_BYTES, KeySpace, Kind
+from trackdelivery.store.keys import DIGEST_BYTES, DIRECTORY_SPAN, KeySpace, Kind
 
-WALK_SCRIPT = f"local DIGEST = {DIGEST_BYTES}\n" + r"""
+WALK_SCRIPT = f"local DIGEST, SPAN = {DIGEST_BYTES}, {DIRECTORY_SPAN}\n" + r"""
 local function be32(s, at)
   local a, b, c, d = string.byte(s, at, at + 3)
   return ((a * 256 + b) * 256 + c) * 256 + d
@@ -55,7 +55,8 @@ local groups = {}
 for g = 1, num() do groups[g] = {mask = num(), room = num()} end
 local sources = {}
 for s = 1, num() do
-  sources[s] = {kind = take(), width = num(), head = take(), head_next = take(), first = num(), count = num()}
+  sources[s] = {kind = take(), width = num(), head = take(), head_next = take(), first = num(), count = num(),
+                slot = num()}
 end
 local checks = {}
 for c = 1, num() do
@@ -124,6 +125,23 @@ local function check(first, alternatives)
   count = kept
 end
 
+-- bucket directories: one bit per (value slot, bucket), trusted for buckets from the store's since mark
+local since_ms = tonumber(redis.call('GET', prefix .. 'xd:since') or '-1') * 1000
+local directory_bits = {}
+local function in_directory(s, bucket)
+  if s.slot < 0 or since_ms < 0 or bucket * s.width < since_ms then return true end
+  local group = math.floor(bucket / SPAN)
+  local name = s.kind .. ':' .. group
+  local bits = directory_bits[name .. ':' .. s.slot]
+  if not bits then
+    bits = redis.call('GETRANGE', prefix .. 'xd:' .. name, s.slot * SPAN / 8, (s.slot + 1) * SPAN / 8 - 1)
+    directory_bits[name .. ':' .. s.slot] = bits
+  end
+  local position = bucket - group * SPAN
+  local byte = string.byte(bits, math.floor(position / 8) + 1)
+  return byte ~= nil and bit.band(byte, bit.lshift(1, 7 - position % 8)) ~= 0
+end
+
 local width = sources[1].width
 local buckets = {}
 if directory > 0 then
@@ -139,7 +157,11 @@ if directory > 0 then
   end
   table.sort(buckets, function(a, b) return a > b end)
 else
-  for b = math.floor(hi / width), math.floor(lo / width), -1 do buckets[#buckets + 1] = b end
+  for b = math.floor(hi / width), math.floor(lo / width), -1 do
+    for _, s in ipairs(sources) do
+      if in_directory(s, b) then buckets[#buckets + 1] = b break end
+    end
+  end
 end
 
 local out, n_out = {0, 0, 0}, 3
@@ -172,7 +194,7 @@ for _, bucket in ipairs(buckets) do
   local sets = 0
   for _, s in ipairs(sources) do
     local upper, lower = bounds(s.head, s.head_next, base, lo, hi)
-    for partition = s.first, s.first + s.count - 1 do
+    for partition = s.first, s.first + (in_directory(s, bucket) and s.count or 0) - 1 do
       local key = prefix .. 'x:' .. s.kind .. ':' .. bucket .. ':' .. partition
       local page = math.max(math.min(need, 250), 16)
       if not single then page = math.min(page * 2, 250) end
@@ -327,6 +349,7 @@ class IndexValue:
     head_next: bytes
     first_partition: int
     partitions: int
+    directory_slot: int = -1  # the value's slot in its kind's bucket directories; -1: the kind has none
 
 
 @dataclass(slots=True)
@@ -366,7 +389,7 @@ class ServerWalk:
             arguments += [mask, room]
         arguments.append(len(request.sources))
         for value in request.sources:
-            arguments += self._value(value)
+            arguments += [*self._value(value), value.directory_slot]
         arguments.append(len(request.checks))
         for alternatives in request.checks:
             arguments.append(len(alternatives))

@@ -24,6 +24,8 @@ from trackdelivery.events import BLOCKED_AND_FAILED, DeliveryEvent, EventType
 from trackdelivery.store import codec
 from trackdelivery.store.keys import (
     ARRIVAL_FIELD,
+    DIRECTORY_KINDS,
+    DIRECTORY_SPAN,
     LINE_COUNT_FIELD,
     MSGREF_BYTES,
     REF_BYTES,
@@ -35,6 +37,7 @@ from trackdelivery.store.keys import (
     TYPE_CODES,
     KeySpace,
     Kind,
+    directory_bit,
     entry_partition,
     event_ref,
     index_sources,
@@ -91,7 +94,7 @@ return olds
 """
 
 #: KEYS = every key the ops name; ARGV = ops, each ``op, key number`` then its arguments:
-#: ``z n member…`` ZADD (score 0), ``e at`` EXPIREAT.
+#: ``z n member…`` ZADD (score 0), ``b n offset…`` SETBIT to 1, ``e at`` EXPIREAT.
 #: One call for a batch's index entries and expiries on a single Redis: redis-py spends more
 #: CPU packing and parsing hundreds of small commands than Redis spends running them.
 BULK_WRITES = """
@@ -108,6 +111,11 @@ while a <= #ARGV do
     end
     a = a + n
     for s = 1, #args, 2000 do redis.call('ZADD', key, unpack(args, s, math.min(s + 1999, #args))) end
+  elseif op == 'b' then
+    local n = tonumber(ARGV[a + 2])
+    a = a + 3
+    for i = a, a + n - 1 do redis.call('SETBIT', key, ARGV[i], 1) end
+    a = a + n
   else
     redis.call('EXPIREAT', key, ARGV[a + 2])
     a = a + 3
@@ -131,6 +139,9 @@ class _Bulk:
     def zadd(self, key: bytes, members: list[bytes]) -> None:
         self.ops.append(("z", key, self._number(key), members))
 
+    def setbits(self, key: bytes, offsets: list[int]) -> None:
+        self.ops.append(("b", key, self._number(key), [str(offset).encode() for offset in offsets]))
+
     def expireat(self, key: bytes, at: int) -> None:
         self.ops.append(("e", key, self._number(key), [str(at).encode()]))
 
@@ -141,13 +152,16 @@ class _Bulk:
             for op, key, _, values in self.ops:
                 if op == "z":
                     pipe.zadd(key, dict.fromkeys(values, 0))
+                elif op == "b":
+                    for offset in values:
+                        pipe.setbit(key, int(offset), 1)
                 else:
                     pipe.expireat(key, int(values[0]))
             return
         arguments: list[bytes | str | int] = []
         for op, _, number, values in self.ops:
             arguments += [op, number]
-            if op == "z":
+            if op in ("z", "b"):
                 arguments.append(len(values))
             arguments += values
         pipe.evalsha(script_sha, len(self.keys), *self.keys, *arguments)
@@ -163,6 +177,7 @@ class _Prepared:
     entries: dict[bytes, bytes]  # index member -> index key
     expiries: dict[bytes, int] = field(default_factory=dict)
     old: bytes | None = None
+    bits: list[tuple[bytes, int]] = field(default_factory=list)  # (bucket directory key, bit offset)
 
 
 @dataclass(slots=True)
@@ -216,6 +231,8 @@ class RedisWriter:
         self._bulk_sha: str | None = None
         self._expiry_ceiling = 1 << 62  # set by each write from its clock
         self._index_keys: dict[tuple[Kind, int, int], tuple[bytes, int, int]] = {}
+        self._directory_keys: dict[tuple[Kind, int], tuple[bytes, int, int]] = {}
+        self._directory_since_known = False
 
     def _capped(self, expire_at: int) -> int:
         """An expiry no later than this write's ceiling: data dated in the future (a server whose clock
@@ -264,6 +281,8 @@ class RedisWriter:
                                    + EXPIRY_LEAD_SECONDS) + 1
         if self._dictionary_state in ("unknown", "sampling"):
             await self._prepare_dictionary()
+        if not self._directory_since_known:
+            await self._prepare_directory()
         prepared: list[_Prepared] = []
         messages: dict[bytes, _Message] = {}
         for event in events:
@@ -420,6 +439,8 @@ class RedisWriter:
         bulk = _Bulk()
         for index_key, entries in additions.items():
             bulk.zadd(index_key, list(entries))
+        for directory, offsets in self._directory_bits(prepared).items():
+            bulk.setbits(directory, offsets)
         self._queue_expiries(bulk, expiries, now)
         bulk.queue(pipe, None if cluster else self._bulk_sha)
         self._queue_directory(pipe, prepared, now)
@@ -510,6 +531,11 @@ class RedisWriter:
             key, expire_at = self._index_key(kind, bucket, partition, width, retention)
             item.entries[member(digest, type_code, offset, item.ref)] = key
             item.expiries[key] = expire_at
+            if kind in DIRECTORY_KINDS:
+                group, bit = directory_bit(digest, bucket)
+                directory, directory_expiry = self._directory_key(kind, group, width, retention)
+                item.bits.append((directory, bit))
+                item.expiries[directory] = directory_expiry
         if event.msgid:
             # one entry per message: the message-id filter reads the whole message record
             value = normalize(Kind.MSGID, event.msgid, max_chars)
@@ -535,6 +561,18 @@ class RedisWriter:
             key = self.keys.index(kind, bucket, partition)
             found = cache[(kind, bucket, partition)] = (
                 key, self._capped(int((bucket + 1) * width + retention) + 1), self._expiry_ceiling)
+        return found[0], found[1]
+
+    def _directory_key(self, kind: Kind, group: int, width: int, retention: float) -> tuple[bytes, int]:
+        """A bucket directory's name and expiry: that of its last bucket's index sets, so it outlives them."""
+        cache = self._directory_keys
+        found = cache.get((kind, group))
+        if found is None or found[2] != self._expiry_ceiling:
+            if len(cache) > 10_000:
+                cache.clear()
+            end = (group + 1) * DIRECTORY_SPAN * width
+            found = cache[(kind, group)] = (
+                self.keys.bucket_directory(kind, group), self._capped(int(end + retention) + 1), self._expiry_ceiling)
         return found[0], found[1]
 
     @staticmethod
@@ -621,6 +659,28 @@ class RedisWriter:
             pipe.zadd(directory, {str(bucket).encode(): bucket})
             pipe.zremrangebyscore(directory, "-inf", f"({int((now - settings.retention_seconds) // width)}")
             pipe.expireat(directory, int(now + settings.retention_seconds + 2 * width))
+
+    @staticmethod
+    def _directory_bits(prepared: list[_Prepared]) -> dict[bytes, list[int]]:
+        """The batch's bucket directory bits, every time (no writer-side memory of what was set: a store
+        that lost them, flushed or rebuilt, must never miss the bit of an entry it holds)."""
+        bits: dict[bytes, set[int]] = {}
+        for item in prepared:
+            for directory, offset in item.bits:
+                bits.setdefault(directory, set()).add(offset)
+        return {directory: sorted(offsets) for directory, offsets in bits.items()}
+
+    async def _prepare_directory(self) -> None:
+        """Marks, once per store, from when its bucket directories are complete: from the start for a new
+        store; for a store written before it had directories, from a day after now (entries dated up to
+        MAX_CLOCK_LEAD ahead may have been written without their bits)."""
+        keys = self.keys
+        if await self.client.get(keys.directory_since) is None:
+            written = await asyncio.gather(*(self.client.exists(keys.type_directory(code))
+                                             for code in TYPE_CODES.values()))
+            since = int(clock.time()) + 86400 + 3600 if any(written) else 0
+            await self.client.set(keys.directory_since, since, nx=True)
+        self._directory_since_known = True
 
     def _queue_expiries(self, bulk: _Bulk, expiries: dict[bytes, int], now: float) -> None:
         """Index keys get their (fixed) expiry once per ``expiry_refresh_seconds`` per writer."""

@@ -39,6 +39,24 @@ MEMBER_BYTES = TYPE_AT + 1 + REF_BYTES
 _TIME = struct.Struct(">I")
 
 
+#: a directory key covers this many consecutive buckets of a kind (a day of hourly buckets): one bit each
+DIRECTORY_SPAN = 24
+#: values are hashed to this many slots of DIRECTORY_SPAN bits (a value sharing a slot with another
+#: costs reads of that value's buckets, never a wrong answer): 96 KiB per directory key
+DIRECTORY_SLOTS = 1 << 15
+
+
+def directory_slot(digest: bytes) -> int:
+    """The slot of a value (from its 8-byte digest) in its kind's directory keys."""
+    return int.from_bytes(digest[3:5], "big") % DIRECTORY_SLOTS
+
+
+def directory_bit(digest: bytes, bucket: int) -> tuple[int, int]:
+    """(directory group, bit offset) that says whether ``bucket`` holds an entry of the value."""
+    group, position = divmod(bucket, DIRECTORY_SPAN)
+    return group, directory_slot(digest) * DIRECTORY_SPAN + position
+
+
 def is_event_field(name: bytes) -> bool:
     """Whether a message hash field holds an event record (not the arrival, a line chunk or the count)."""
     return len(name) == SUBREF_BYTES
@@ -69,6 +87,11 @@ class Kind(StrEnum):
     IP = "ip"  # client IP and remote IP
     REASON = "re"
     MSGID = "mid"  # bucketed by the message's arrival, not by event time
+
+
+#: kinds with hour-wide buckets get a bucket directory: per value, which buckets hold an entry of it, so a
+#: search for a rare value reads the few buckets it is in instead of every bucket of the retention
+DIRECTORY_KINDS = frozenset({Kind.USER, Kind.SENDER_DOMAIN, Kind.RECIPIENT_DOMAIN, Kind.IP, Kind.REASON})
 
 
 #: stats hashes (one per hour and dimension): field = normalised value + separator + counter name
@@ -201,6 +224,17 @@ class KeySpace:
 
     def index(self, kind: Kind, bucket: int, partition: int) -> bytes:
         return b"%sx:%s:%d:%d" % (self.prefix, kind.value.encode(), bucket, partition)
+
+    def bucket_directory(self, kind: Kind, group: int) -> bytes:
+        """Bitmap: bit ``slot * DIRECTORY_SPAN + i`` set = bucket ``group * DIRECTORY_SPAN + i`` of the kind
+        holds an entry of a value in that slot."""
+        return b"%sxd:%s:%d" % (self.prefix, kind.value.encode(), group)
+
+    @property
+    def directory_since(self) -> bytes:
+        """Epoch seconds from which the bucket directories are complete (the store's first write with
+        directories: 0 for a store that started with them)."""
+        return self.prefix + b"xd:since"
 
     def type_directory(self, type_code: int) -> bytes:
         """Sorted set of the time-index buckets that hold an event of this type (member = score = bucket)."""

@@ -45,6 +45,11 @@ async def test_replayed_lines_are_stored_again_but_shown_once(client, key_prefix
     assert view is not None and view.lines == ["a <= x", "a => y", "a Completed"]
 
 
+def is_store_metadata(settings, key):
+    """The few keys that never expire: the compression dictionaries and the bucket directories' start."""
+    return key.startswith(f"{settings.prefix}:dict".encode()) or key == KeySpace(settings).directory_since
+
+
 def line_chunks(redis_client, settings, server, msgid):
     """The message hash's line chunks: field -> stored value."""
     record = redis_client.hgetall(KeySpace(settings).message(message_ref(server, msgid)))
@@ -188,7 +193,7 @@ async def test_every_key_expires_with_the_retention(client, redis_client, key_pr
     assert keys
     for key in keys:
         ttl = redis_client.ttl(key)
-        if key.startswith(f"{settings.prefix}:dict".encode()):
+        if is_store_metadata(settings, key):
             continue
         # at most retention + message lifetime + one bucket, and never persistent
         assert 0 < ttl <= 2 * 86400 + 86400 + 120, key
@@ -202,7 +207,7 @@ async def test_data_dated_years_ahead_expires_like_data_written_now(client, redi
     lines = [MessageLine(e.server, e.msgid, e.time, "raw line") for e in events if e.msgid]
     await RedisWriter(client, settings).write(events, lines)
     keys = [key for key in redis_client.scan_iter(match=f"{settings.prefix}:*".encode())
-            if not key.startswith(f"{settings.prefix}:dict".encode())]
+            if not is_store_metadata(settings, key)]
     assert {key.split(b":")[1] for key in keys} >= {b"m", b"x", b"st"}
     assert any(line_chunks(redis_client, settings, e.server, e.msgid) for e in events if e.msgid)
     for key in keys:  # retention + message lifetime + the lead of two days, and never persistent
