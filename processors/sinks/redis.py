@@ -815,8 +815,9 @@ class RedisWriter:
                 self._count(counters, stat_expiry, dimension, when, value + STATS_SEPARATOR + "b", int(event.size))
 
     async def purge_expired(self, now: float, lookback_buckets: int = 48) -> int:
-        """Delete index keys of the ``lookback_buckets`` buckets just past the retention (keys that lost
-        their expiry, e.g. a writer died between ZADD and EXPIREAT). Expiries do the routine work."""
+        """Delete index keys (and bucket directories) of the ``lookback_buckets`` buckets just past the
+        retention (keys that lost their expiry, e.g. a writer died between ZADD and EXPIREAT on a cluster).
+        Expiries do the routine work."""
         settings, keys = self.settings, self.keys
         names: list[bytes] = []
         for kind in Kind:
@@ -827,6 +828,10 @@ class RedisWriter:
                 names += [
                     keys.index(kind, bucket, part) for part in range(keys.partitions(kind) * SPLITS.get(kind, 1))
                 ]
+            if kind in DIRECTORY_KINDS:  # a directory expires with its group's last bucket
+                newest_group = (newest_expired + 1) // DIRECTORY_SPAN - 1
+                first_group = max(newest_group - lookback_buckets // DIRECTORY_SPAN, 0)
+                names += [keys.bucket_directory(kind, group) for group in range(first_group, newest_group + 1)]
         removed = 0
         cluster = isinstance(self.client, aioredis.RedisCluster)
         for start in range(0, len(names), 1000):

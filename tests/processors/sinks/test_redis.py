@@ -11,7 +11,14 @@ from query_service.search import DeliverySearch
 from tests.trackdelivery.store.factories import NOW, make_event, random_events, snapshot, store_settings
 from trackdelivery.events import EventType, Reason
 from trackdelivery.store import codec
-from trackdelivery.store.keys import LINE_COUNT_FIELD, KeySpace, Kind, is_line_chunk_field, message_ref
+from trackdelivery.store.keys import (
+    DIRECTORY_SPAN,
+    LINE_COUNT_FIELD,
+    KeySpace,
+    Kind,
+    is_line_chunk_field,
+    message_ref,
+)
 from trackdelivery.store.types import MessageLine, Query
 
 
@@ -225,9 +232,16 @@ async def test_purge_expired_removes_index_keys_that_lost_their_expiry(client, r
     current = keys.index(Kind.SERVER, keys.bucket_of(Kind.SERVER, now), 3)
     redis_client.zadd(orphan, {b"x": 0})
     redis_client.zadd(current, {b"x": 0})
+    # bucket directories: the day before the retention's start has expired, the current day has not
+    day_before = keys.bucket_of(Kind.USER, now - 86400) // DIRECTORY_SPAN - 1
+    old_directory = keys.bucket_directory(Kind.USER, day_before)
+    current_directory = keys.bucket_directory(Kind.USER, keys.bucket_of(Kind.USER, now) // DIRECTORY_SPAN)
+    redis_client.setbit(old_directory, 5, 1)
+    redis_client.setbit(current_directory, 5, 1)
     removed = await RedisWriter(client, settings).purge_expired(now)
-    assert removed == 1
+    assert removed == 2
     assert not redis_client.exists(orphan) and redis_client.exists(current)
+    assert not redis_client.exists(old_directory) and redis_client.exists(current_directory)
 
 
 async def test_hostile_strings_are_stored_bounded_and_never_build_keys(client, redis_client, key_prefix):
