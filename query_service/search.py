@@ -31,6 +31,7 @@ from trackdelivery.store.keys import (
     ARRIVAL_FIELD,
     DIGEST_BYTES,
     DIRECTORY_KINDS,
+    DIRECTORY_SPAN,
     MSGREF_BYTES,
     REF_BYTES,
     STATS_COUNTERS,
@@ -566,23 +567,64 @@ class DeliverySearch:
             return None, sources
         return None, None
 
+    async def _directory_buckets(
+        self, sources: list[tuple[Kind, str]], lo_ms: int, hi_ms: int,
+    ) -> dict[tuple[Kind, str], Callable[[int], bool]]:
+        """For each source of a kind with bucket directories: whether a bucket may hold its entries (one
+        pipeline of GETRANGEs, a few bytes per day). Buckets before the store's since mark always may."""
+        keys = self.keys
+        wanted = [(kind, value) for kind, value in sources if kind in DIRECTORY_KINDS]
+        if not wanted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        pipe.get(keys.directory_since)
+        reads: list[tuple[Kind, str, int]] = []
+        for kind, value in wanted:
+            width_ms = keys.bucket_seconds(kind) * 1000
+            slot = directory_slot(value_digest(kind, value))
+            for group in range(lo_ms // width_ms // DIRECTORY_SPAN, hi_ms // width_ms // DIRECTORY_SPAN + 1):
+                pipe.getrange(keys.bucket_directory(kind, group), slot * DIRECTORY_SPAN // 8,
+                              (slot + 1) * DIRECTORY_SPAN // 8 - 1)
+                reads.append((kind, value, group))
+        replies = await pipe.execute()
+        if replies[0] is None:
+            return {}
+        since_ms = int(replies[0]) * 1000
+        marked: dict[tuple[Kind, str], set[int]] = {(kind, value): set() for kind, value in wanted}
+        for (kind, value, group), bits in zip(reads, replies[1:], strict=True):
+            for position in range(DIRECTORY_SPAN):
+                if position // 8 < len(bits) and bits[position // 8] & (0x80 >> position % 8):
+                    marked[(kind, value)].add(group * DIRECTORY_SPAN + position)
+
+        def may_hold(kind: Kind, buckets: set[int]) -> Callable[[int], bool]:
+            width_ms = keys.bucket_seconds(kind) * 1000
+            return lambda bucket: bucket * width_ms < since_ms or bucket in buckets
+
+        return {source: may_hold(source[0], buckets) for source, buckets in marked.items()}
+
     def _plan(
         self, sources: list[tuple[Kind, str]] | None, types: frozenset[int], lo_ms: int, hi_ms: int,
+        directories: dict[tuple[Kind, str], Callable[[int], bool]] | None = None,
     ) -> list[tuple[int, list[_Read]]]:
-        """Buckets newest first (by their last ms); for each, the sorted sets to read."""
+        """Buckets newest first (by their last ms); for each, the sorted sets to read (only buckets the
+        source's bucket directory, when it has one, marks)."""
         keys = self.keys
-        per_source: list[tuple[Kind, bytes, range, frozenset[int]]] = []
+        per_source: list[tuple[Kind, bytes, range, frozenset[int], Callable[[int], bool] | None]] = []
         if sources is None:
-            per_source.append((Kind.TYPE, value_digest(Kind.TYPE, ALL_TYPES), range(keys.partitions(Kind.TYPE)), types))
+            digest = value_digest(Kind.TYPE, ALL_TYPES)
+            per_source.append((Kind.TYPE, digest, range(keys.partitions(Kind.TYPE)), types, None))
         else:
             for kind, value in sources:
                 digest = value_digest(kind, value)
-                per_source.append((kind, digest, value_partitions(kind, digest, keys.partitions(kind)), types))
+                per_source.append((kind, digest, value_partitions(kind, digest, keys.partitions(kind)), types,
+                                   (directories or {}).get((kind, value))))
         plan: dict[int, list[_Read]] = {}
-        for kind, digest, partitions, source_types in per_source:
+        for kind, digest, partitions, source_types, may_hold in per_source:
             width_ms = keys.bucket_seconds(kind) * 1000
             head = digest[:DIGEST_BYTES]
             for bucket in range(hi_ms // width_ms, lo_ms // width_ms - 1, -1):
+                if may_hold is not None and not may_hold(bucket):
+                    continue
                 start_ms = bucket * width_ms
                 plan.setdefault(start_ms + width_ms - 1, []).append(
                     (kind, bucket, partitions, head, start_ms, source_types)
@@ -635,7 +677,8 @@ class DeliverySearch:
         if matcher.values.get("msgid") is not None:
             return await self._collect_msgid(matcher, groups, lo_ms, hi_ms, cursor)
         _, sources = self._sources(matcher)
-        plan = self._plan(sources, all_types, lo_ms, hi_ms)
+        directories = await self._directory_buckets(sources, lo_ms, hi_ms) if sources is not None else None
+        plan = self._plan(sources, all_types, lo_ms, hi_ms, directories)
         if sources is None:
             plan = await self._busy_buckets(plan, all_types, lo_ms, hi_ms)
         next_bucket = 0

@@ -157,11 +157,13 @@ if directory > 0 then
   end
   table.sort(buckets, function(a, b) return a > b end)
 else
-  for b = math.floor(hi / width), math.floor(lo / width), -1 do
-    for _, s in ipairs(sources) do
-      if in_directory(s, b) then buckets[#buckets + 1] = b break end
-    end
+  for b = math.floor(hi / width), math.floor(lo / width), -1 do buckets[#buckets + 1] = b end
+end
+local function marked(bucket)
+  for _, s in ipairs(sources) do
+    if in_directory(s, bucket) then return true end
   end
+  return false
 end
 
 local out, n_out = {0, 0, 0}, 3
@@ -188,6 +190,8 @@ for _, bucket in ipairs(buckets) do
   -- a long walk (a rare value over many buckets) hands back between calls, so other searches need not
   -- wait behind it: the caller continues from this bucket's end
   if visited >= max_buckets then resume = (bucket + 1) * width - 1 break end
+  -- a bucket no source's directory marks holds none of their entries: skipped, and not counted
+  if marked(bucket) then
   visited = visited + 1
   local base = bucket * width
   cms, cmem, ccode, count = {}, {}, {}, 0
@@ -328,6 +332,7 @@ for _, bucket in ipairs(buckets) do
     end
   end
   if filled then refresh_wanted() filled = false end
+  end
 end
 out[1], out[2], out[3] = complete, scanned, resume
 return out

@@ -1,5 +1,6 @@
 """Bucket directories: a search for a rare value reads only the buckets that value is in, answers exactly
-as a full walk does, and a store written before it had directories is walked whole up to its mark."""
+as a full walk does, and a store written before it had directories is walked whole up to its mark. Both
+walks: the server's (a single Redis) and the client's (a cluster)."""
 
 import dataclasses
 import time
@@ -55,12 +56,13 @@ async def index_reads(client: aioredis.Redis, search: DeliverySearch, query: Que
     Query(domain="rare.example"), Query(cpanel_user="rare", types=frozenset({EventType.DEFERRED})),
     Query(reason=Reason.GREYLISTED),
 ])
-async def test_a_rare_value_reads_only_the_buckets_it_is_in(client, key_prefix, query):
+@pytest.mark.parametrize("server_walk", [True, False], ids=["server_walk", "client_walk"])
+async def test_a_rare_value_reads_only_the_buckets_it_is_in(client, key_prefix, query, server_walk):
     settings = store_settings(key_prefix)
     events = fleet()
     await RedisWriter(client, settings).write(events)
     query = dataclasses.replace(query, page=Page(limit=250))
-    search = DeliverySearch(client, settings, server_walk=True)
+    search = DeliverySearch(client, settings, server_walk=server_walk)
     rare = sorted((e for e in events if e.cpanel_user == "rare"), key=lambda e: e.time, reverse=True)
 
     found, reads = await index_reads(client, search, query)
@@ -83,15 +85,16 @@ async def test_buckets_before_the_since_mark_are_read_whatever_their_directory_s
     directories = [key async for key in client.scan_iter(match=keys.prefix + b"xd:*") if key != keys.directory_since]
     assert {key.split(b":")[2].decode() for key in directories} == {kind.value for kind in DIRECTORY_KINDS}
     await client.delete(*directories)
-    search = DeliverySearch(client, settings, server_walk=True)
     query = Query(cpanel_user="rare", page=Page(limit=250))
     rare = [e.event_id for e in sorted(events, key=lambda e: e.time, reverse=True) if e.cpanel_user == "rare"]
 
-    await client.set(keys.directory_since, int(NOW + 86400))
-    assert [event.event_id for event in (await search.search(query, now=NOW)).events] == rare
-    # trusted from 41 hours ago: the two newer entries (whose bits are gone) are skipped, the older one read
-    await client.set(keys.directory_since, int(NOW - 41 * HOUR))
-    assert [event.event_id for event in (await search.search(query, now=NOW)).events] == rare[2:]
+    for server_walk in (True, False):
+        search = DeliverySearch(client, settings, server_walk=server_walk)
+        await client.set(keys.directory_since, int(NOW + 86400))
+        assert [event.event_id for event in (await search.search(query, now=NOW)).events] == rare
+        # trusted from 41 hours ago: the two newer entries (whose bits are gone) are skipped, the older one read
+        await client.set(keys.directory_since, int(NOW - 41 * HOUR))
+        assert [event.event_id for event in (await search.search(query, now=NOW)).events] == rare[2:]
 
 
 async def test_the_since_mark_is_the_start_for_a_new_store_and_a_day_ahead_for_an_old_one(client, key_prefix):
