@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import heapq
+import logging
 import struct
 import time as clock
 from collections.abc import Callable
@@ -19,13 +20,14 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+import zstandard
 from redis.exceptions import NoScriptError
 
 from query_service.rows import RowDecoder, row_event
 from query_service.walk import IndexValue, ServerWalk, WalkRequest
 from trackdelivery.events import DeliveryEvent, EventType
 from trackdelivery.store import codec
-from trackdelivery.store.exceptions import InvalidCursor, InvalidQuery
+from trackdelivery.store.exceptions import InvalidCursor, InvalidQuery, StoreError
 from trackdelivery.store.keys import (
     ALL_TYPES,
     ARRIVAL_FIELD,
@@ -68,6 +70,8 @@ from trackdelivery.store.types import (
 )
 
 RedisClient = aioredis.Redis | aioredis.RedisCluster
+
+log = logging.getLogger("trackdelivery.query")
 
 #: buckets read in the first round; each further round reads four times as many, up to the maximum
 FIRST_WINDOW = 2
@@ -913,8 +917,11 @@ class DeliverySearch:
         chunks = {name: blob for name, blob in record.items() if is_line_chunk_field(name)}
         await self._load_dictionaries(
             [blob for name, blob in record.items() if is_event_field(name) or name == ARRIVAL_FIELD]
-            + [blob[2:] for blob in chunks.values()] + listed_lines
         )
+        try:
+            await self._load_dictionaries([blob[2:] for blob in chunks.values()] + listed_lines)
+        except StoreError as error:  # the transcript shows what it can (see _chunk_lines)
+            log.warning("message %r: %s", msgid[:64], error)
         arrival_blob = record.get(ARRIVAL_FIELD)
         stored_arrival = codec.decode_arrival(self._record(arrival_blob)) if arrival_blob is not None else None
         events = [
@@ -945,8 +952,7 @@ class DeliverySearch:
         lines: list[str] = []
         if lines_visible:
             stored_msgid = clean_text(msgid, max_chars).encode("utf-8", "replace")
-            decoded = [self.compression.decompress_line(raw, stored_msgid) for raw in listed_lines]
-            decoded += self._chunk_lines(chunks, stored_msgid)
+            decoded = self._listed_lines(listed_lines, stored_msgid) + self._chunk_lines(chunks, stored_msgid)
             kept = list(dict.fromkeys(decoded))[: settings.max_lines_per_message]
             lines.extend(text.decode("utf-8", "replace") for text in kept)
         visible.sort(key=lambda event: (event.time, event.event_id))
@@ -956,15 +962,28 @@ class DeliverySearch:
             parent_msgid=arrival.get("parent_msgid"), lines_visible=lines_visible,
         )
 
+    def _listed_lines(self, listed: list[bytes], msgid: bytes) -> list[bytes]:
+        lines = []
+        for raw in listed:
+            try:
+                lines.append(self.compression.decompress_line(raw, msgid))
+            except (KeyError, zstandard.ZstdError) as error:
+                log.warning("a raw line of message %r unreadable (%s): left out of its view", msgid[:64], error)
+        return lines
+
     def _chunk_lines(self, chunks: dict[bytes, bytes], msgid: bytes) -> list[bytes]:
         """A message's raw lines from its chunks, ordered by second, file and offset (chunks written again
         after a crash may overlap; the caller drops repeated lines)."""
         ordered: list[tuple[int, bytes, int, int, bytes]] = []
         for name in sorted(chunks):
             tag = name[5:7]
-            for number, (second, offset, text) in enumerate(
-                codec.decode_line_chunk(name, self.compression.unpack_line_chunk(chunks[name]), msgid)
-            ):
+            try:
+                decoded = codec.decode_line_chunk(name, self.compression.unpack_line_chunk(chunks[name]), msgid)
+            except (IndexError, KeyError, ValueError, zstandard.ZstdError) as error:  # damaged: the others show
+                log.warning("raw line chunk %s of message %r unreadable (%s): left out of its view", name.hex(),
+                            msgid[:64], error)
+                continue
+            for number, (second, offset, text) in enumerate(decoded):
                 ordered.append((second, tag, offset, number, text))
         ordered.sort(key=lambda line: line[:3])
         return [line[4] for line in ordered]

@@ -98,6 +98,24 @@ async def test_lines_keep_log_order_whatever_batches_carried_them(client, key_pr
         assert view is not None and view.lines == texts
 
 
+async def test_a_damaged_line_chunk_costs_its_own_lines_only(client, redis_client, key_prefix, caplog):
+    settings = store_settings(key_prefix)
+    event = make_event(time=NOW - 600)
+    lines = [MessageLine(event.server, event.msgid, event.time + n, f"line {n}", "f", 10 * n) for n in range(3)]
+    writer = RedisWriter(client, settings)
+    for line in lines:  # one chunk each
+        await writer.write([event], [line])
+    chunks = line_chunks(redis_client, settings, event.server, event.msgid)
+    assert len(chunks) == 3
+    key = KeySpace(settings).message(message_ref(event.server, event.msgid))
+    damaged = sorted(chunks)[1]
+    for value in (chunks[damaged][:4] + b"\xff\xff", b"\x00\x01\x01\x10\x0b\xad", b"\x00\x01\x00\x80"):
+        redis_client.hset(key, damaged, value)  # a bad frame, an unknown dictionary, a cut varint
+        view = await DeliverySearch(client, settings).message(event.server, event.msgid)
+        assert view is not None and view.lines == ["line 0", "line 2"]
+    assert "unreadable" in caplog.text
+
+
 async def test_lines_are_compressed_once_a_dictionary_is_trained_and_read_back_exactly(client, redis_client,
                                                                                       key_prefix):
     settings = store_settings(key_prefix, dictionary_samples=200)
