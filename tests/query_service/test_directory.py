@@ -92,8 +92,9 @@ async def test_buckets_before_the_since_mark_are_read_whatever_their_directory_s
         search = DeliverySearch(client, settings, server_walk=server_walk)
         await client.set(keys.directory_since, int(NOW + 86400))
         assert [event.event_id for event in (await search.search(query, now=NOW)).events] == rare
-        # trusted from 41 hours ago: the two newer entries (whose bits are gone) are skipped, the older one read
-        await client.set(keys.directory_since, int(NOW - 41 * HOUR))
+        # trusted from the start of the second entry's hour: the two newer entries (whose bits are gone) are
+        # skipped, the older one read
+        await client.set(keys.directory_since, int((NOW - 40.2 * HOUR) // HOUR * HOUR))
         assert [event.event_id for event in (await search.search(query, now=NOW)).events] == rare[2:]
 
 
