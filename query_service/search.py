@@ -46,9 +46,11 @@ from trackdelivery.store.keys import (
     KeySpace,
     Kind,
     clean_text,
+    directory_bytes,
     directory_slot,
     is_event_field,
     is_line_chunk_field,
+    is_record_field,
     member_offset,
     member_ref,
     member_type,
@@ -587,8 +589,7 @@ class DeliverySearch:
             width_ms = keys.bucket_seconds(kind) * 1000
             slot = directory_slot(value_digest(kind, value))
             for group in range(lo_ms // width_ms // DIRECTORY_SPAN, hi_ms // width_ms // DIRECTORY_SPAN + 1):
-                pipe.getrange(keys.bucket_directory(kind, group), slot * DIRECTORY_SPAN // 8,
-                              (slot + 1) * DIRECTORY_SPAN // 8 - 1)
+                pipe.getrange(keys.bucket_directory(kind, group), *directory_bytes(slot))
                 reads.append((kind, value, group))
         replies = await pipe.execute()
         if replies[0] is None:
@@ -784,7 +785,7 @@ class DeliverySearch:
             pipe.hgetall(self.keys.message(msgref))
         records: list[dict[bytes, bytes]] = list(await pipe.execute())
         await self._load_dictionaries([
-            blob for record in records for name, blob in record.items() if is_event_field(name) or name == ARRIVAL_FIELD
+            blob for record in records for name, blob in record.items() if is_record_field(name)
         ])
         return records
 
@@ -916,7 +917,7 @@ class DeliverySearch:
         record, listed_lines = await pipe.execute()
         chunks = {name: blob for name, blob in record.items() if is_line_chunk_field(name)}
         await self._load_dictionaries(
-            [blob for name, blob in record.items() if is_event_field(name) or name == ARRIVAL_FIELD]
+            [blob for name, blob in record.items() if is_record_field(name)]
         )
         try:
             await self._load_dictionaries([blob[2:] for blob in chunks.values()] + listed_lines)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import functools
 import time as clock
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -230,8 +230,8 @@ class RedisWriter:
         self._store_sha: str | None = None
         self._bulk_sha: str | None = None
         self._expiry_ceiling = 1 << 62  # set by each write from its clock
-        self._index_keys: dict[tuple[Kind, int, int], tuple[bytes, int, int]] = {}
-        self._directory_keys: dict[tuple[Kind, int], tuple[bytes, int, int]] = {}
+        # (kind, bucket, partition) of an index set or (kind, group) of a directory -> name, expiry, ceiling
+        self._named_keys: dict[tuple[Kind, int] | tuple[Kind, int, int], tuple[bytes, int, int]] = {}
         self._directory_since_known = False
 
     def _capped(self, expire_at: int) -> int:
@@ -552,27 +552,25 @@ class RedisWriter:
                 item.expiries[key] = self._message_expiry(event)
 
     def _index_key(self, kind: Kind, bucket: int, partition: int, width: int, retention: float) -> tuple[bytes, int]:
-        """An index set's name and expiry (a batch names the same few hundred sets thousands of times)."""
-        cache = self._index_keys
-        found = cache.get((kind, bucket, partition))
-        if found is None or found[2] != self._expiry_ceiling:
-            if len(cache) > 100_000:
-                cache.clear()
-            key = self.keys.index(kind, bucket, partition)
-            found = cache[(kind, bucket, partition)] = (
-                key, self._capped(int((bucket + 1) * width + retention) + 1), self._expiry_ceiling)
-        return found[0], found[1]
+        """An index set's name and expiry (its bucket's end + retention)."""
+        return self._named((kind, bucket, partition), (bucket + 1) * width + retention,
+                           lambda: self.keys.index(kind, bucket, partition))
 
     def _directory_key(self, kind: Kind, group: int, width: int, retention: float) -> tuple[bytes, int]:
         """A bucket directory's name and expiry: that of its last bucket's index sets, so it outlives them."""
-        cache = self._directory_keys
-        found = cache.get((kind, group))
+        return self._named((kind, group), (group + 1) * DIRECTORY_SPAN * width + retention,
+                           lambda: self.keys.bucket_directory(kind, group))
+
+    def _named(self, cache_key: tuple[Kind, int] | tuple[Kind, int, int], end: float,
+               make_name: Callable[[], bytes]) -> tuple[bytes, int]:
+        """A key's name and capped expiry, cached per writer clock ceiling: a batch names the same few
+        hundred index sets and directories thousands of times."""
+        cache = self._named_keys
+        found = cache.get(cache_key)
         if found is None or found[2] != self._expiry_ceiling:
-            if len(cache) > 10_000:
+            if len(cache) > 100_000:
                 cache.clear()
-            end = (group + 1) * DIRECTORY_SPAN * width
-            found = cache[(kind, group)] = (
-                self.keys.bucket_directory(kind, group), self._capped(int(end + retention) + 1), self._expiry_ceiling)
+            found = cache[cache_key] = (make_name(), self._capped(int(end) + 1), self._expiry_ceiling)
         return found[0], found[1]
 
     @staticmethod

@@ -20,7 +20,7 @@ from processors.pipeline import BatchResult, Pipeline
 from trackdelivery import kafka_clients
 from trackdelivery.events import DeliveryEvent
 from trackdelivery.records import encode_batch
-from trackdelivery.store.keys import ARRIVAL_FIELD, is_event_field
+from trackdelivery.store.keys import is_record_field
 from trackdelivery.store.types import StoreSettings
 
 
@@ -283,7 +283,7 @@ def store_structure(redis_url: str, prefix: str, *, cluster: bool = False) -> di
         elif kind == b"hash" and key.startswith(b"m:"):
             # line chunks depend on how records were batched (a crash replays other batches): the message
             # views compare the lines
-            structure[key] = (kind, sorted(name for name in value if is_event_field(name) or name == ARRIVAL_FIELD))
+            structure[key] = (kind, sorted(name for name in value if is_record_field(name)))
         elif kind == b"list":
             structure[key] = kind
         else:

@@ -51,6 +51,11 @@ def directory_slot(digest: bytes) -> int:
     return int.from_bytes(digest[3:5], "big") % DIRECTORY_SLOTS
 
 
+def directory_bytes(slot: int) -> tuple[int, int]:
+    """First and last byte (``GETRANGE`` bounds) of a slot's bits in a directory key."""
+    return slot * DIRECTORY_SPAN // 8, (slot + 1) * DIRECTORY_SPAN // 8 - 1
+
+
 def directory_bit(digest: bytes, bucket: int) -> tuple[int, int]:
     """(directory group, bit offset) that says whether ``bucket`` holds an entry of the value."""
     group, position = divmod(bucket, DIRECTORY_SPAN)
@@ -60,6 +65,11 @@ def directory_bit(digest: bytes, bucket: int) -> tuple[int, int]:
 def is_event_field(name: bytes) -> bool:
     """Whether a message hash field holds an event record (not the arrival, a line chunk or the count)."""
     return len(name) == SUBREF_BYTES
+
+
+def is_record_field(name: bytes) -> bool:
+    """Whether a message hash field holds a record (an event or the arrival), compressed like one."""
+    return len(name) == SUBREF_BYTES or name == ARRIVAL_FIELD
 
 
 def is_line_chunk_field(name: bytes) -> bool:
