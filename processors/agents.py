@@ -18,6 +18,7 @@ from typing import Any
 import faust
 from faust.types import EventT
 
+from processors import faust_fixes
 from processors.metrics import ProcessorMetrics
 from processors.pipeline import (
     NEVER,
@@ -31,6 +32,7 @@ from processors.pipeline import (
     record_seconds,
 )
 from processors.settings import ProcessorSettings
+from trackdelivery import kafka_clients
 from trackdelivery.settings import KafkaSettings, TopicNames, as_kafka_settings
 
 log = logging.getLogger("trackdelivery.processor")
@@ -81,6 +83,7 @@ class RecordProcessor:
         self._beat = time.monotonic()  # the agent's last sign of life inside a record (every wait is bounded)
         self._stall_strikes = 0
         self._recovery_left: int | None = None  # changelog records left at the last watchdog call
+        self._commits_checked = False  # since the last record: Kafka was seen holding every processed offset
 
     async def handle(self, event: EventT) -> None:
         message = event.message
@@ -95,6 +98,7 @@ class RecordProcessor:
             self._handling = False
             self._last_progress = time.monotonic()
             self._stall_strikes = 0
+            self._commits_checked = False
         self._observe_lag(message.tp, message.offset)
 
     async def watchdog(self) -> None:
@@ -115,7 +119,10 @@ class RecordProcessor:
         if remaining is not None and (self._recovery_left is None or remaining < self._recovery_left):
             self._last_progress = time.monotonic()  # table recovery moving on is progress too
         self._recovery_left = remaining
-        if time.monotonic() - self._last_progress < self.settings.stall_seconds:
+        idle = time.monotonic() - self._last_progress
+        if remaining is None and not self._commits_checked and idle >= self.commit_check_after:
+            self._commits_checked = await self._catch_up_commits()
+        if idle < self.settings.stall_seconds:
             return
         if remaining is not None:
             # faust delivers no record before its table recovery ends; after a broker restart its consumer
@@ -145,6 +152,52 @@ class RecordProcessor:
                   waiting, EXIT_STALLED)
         logging.shutdown()
         os._exit(EXIT_STALLED)
+
+    @property
+    def commit_check_after(self) -> float:
+        """Seconds without a record before an idle worker checks that Kafka holds its commits."""
+        return max(3 * self.settings.commit_interval, 2 * WATCHDOG_INTERVAL)
+
+    async def _catch_up_commits(self) -> bool:
+        """Make Kafka hold the group's commit of every raw record this worker processed; True once it does.
+
+        faust records a commit as done even when it failed (the group rebalancing or a broker restarting
+        under it) and commits a partition again only after its next record. A partition whose last records
+        came in just then keeps a commit behind what was processed for as long as it gets nothing new: its
+        lag never reaches zero and a restart processes those records again. An idle worker therefore
+        compares its next-offset marks with what Kafka holds and has faust commit the difference."""
+        consumer = self.app.consumer
+        marks = {}
+        for tp in consumer.assignment():
+            if tp.topic == self.topics.raw and (mark := self._next_offset(tp.partition)):
+                marks[tp] = mark
+        if not marks:
+            return True
+        progress = self._last_progress
+        timeout = self.settings.output_timeout
+        try:
+            committed = await asyncio.wait_for(
+                asyncio.to_thread(kafka_clients.committed_offsets, self.kafka, self.app.conf.id, self.topics.raw,
+                                  timeout),
+                timeout + 5)
+        except Exception as error:  # brokers unreachable: check again on the next call
+            log.info("watchdog: committed offsets unavailable (%s)", type(error).__name__)
+            return False
+        if self._handling or self._last_progress != progress:
+            return False  # a record came in meanwhile: faust commits it, check again once idle
+        assignment = consumer.assignment()
+        behind = {tp: mark for tp, mark in marks.items()
+                  if tp in assignment and committed.get(tp.partition, -1) < mark}
+        for tp, mark in behind.items():
+            held = committed.get(tp.partition)
+            log.warning("raw partition %s[%d] is processed up to offset %d but Kafka holds the commit at %s: "
+                        "committing it again", tp.topic, tp.partition, mark, held)
+            await faust_fixes.recommit(consumer, tp, held, mark)
+        if not behind:
+            return True
+        self.metrics.recommits.inc(len(behind))
+        await consumer.commit()
+        return False  # seen in Kafka on the next call
 
     def _recovery_remaining(self) -> int | None:
         """Changelog records faust's table recovery still has to read; None when it is not recovering."""

@@ -40,6 +40,21 @@ def apply() -> None:
     Recovery._seek_offsets = seek_offsets  # type: ignore[method-assign]
 
 
+async def recommit(consumer: Any, tp: Any, committed: int | None, upto: int) -> None:
+    """Make faust's next commit of ``tp`` be ``upto``, given that every record before ``upto`` is processed
+    and that Kafka holds ``committed`` (None: nothing) for the group.
+
+    faust commits the end of the run of acknowledged offsets that starts right after its own record of the
+    committed offset; that record is set back to what Kafka holds, and the offsets from there to ``upto``
+    are handed to it as acknowledged (a gap, as it does for offsets it skips, and the last one acked in place
+    of any acknowledgement before ``upto`` it still holds)."""
+    consumer._committed_offset[tp] = committed or None
+    await consumer._add_gap(tp, committed or 0, upto - 2)
+    acked = sorted({offset for offset in consumer._acked[tp] if offset >= upto} | {upto - 1})
+    consumer._acked[tp] = acked
+    consumer._acked_index[tp] = set(acked)
+
+
 def service_worker(app: App, log_level: str) -> Worker:
     """A faust ``Worker`` for a service: logs at ``log_level`` and nothing else.
 

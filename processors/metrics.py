@@ -40,6 +40,10 @@ class ProcessorMetrics:
             "trackdelivery_processor_stalls", "times the consumer sat idle with unread records and was resumed",
             registry=r,
         )
+        self.recommits = Counter(
+            "trackdelivery_processor_recommits",
+            "raw partitions whose processed records Kafka did not hold as committed, committed again", registry=r
+        )
         self.refetched = Counter(
             "trackdelivery_processor_refetched_records", "raw records faust skipped, read directly", registry=r
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,3 +61,45 @@ def test_the_service_worker_logs_at_its_level_and_no_lower(level: str, expected:
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
+
+
+class CommitBookkeeping:
+    """The state faust's consumer keeps to decide its commits; its own methods run on it."""
+
+    def __init__(self) -> None:
+        from intervaltree import IntervalTree
+
+        self._committed_offset: defaultdict[Any, int | None] = defaultdict(lambda: None)
+        self._acked: defaultdict[Any, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[Any, set[int]] = defaultdict(set)
+        self._gap: defaultdict[Any, IntervalTree] = defaultdict(IntervalTree)
+
+    async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
+        from faust.transport.consumer import Consumer
+
+        await Consumer._add_gap(self, tp, offset_from, offset_to)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("held", "upto", "acked_before"), [
+    (100, 118, []),            # the commit of 100..117 was lost; faust believes it done
+    (None, 40, []),            # Kafka holds nothing for the group
+    (117, 118, []),            # one record behind
+    (100, 118, [104, 105]),    # faust stuck on acks it cannot commit (more than one record after its mark)
+])
+async def test_recommit_makes_fausts_next_commit_the_processed_offset(
+        held: int | None, upto: int, acked_before: list[int]) -> None:
+    from faust.transport.consumer import Consumer
+
+    consumer = CommitBookkeeping()
+    tp = TP("raw", 3)
+    consumer._committed_offset[tp] = upto if not acked_before else 101  # what faust believes
+    for offset in acked_before:
+        consumer._acked[tp].append(offset)
+        consumer._acked_index[tp].add(offset)
+    assert Consumer._new_offset(consumer, tp) is None  # type: ignore[arg-type]  # as it stands: no commit
+
+    await faust_fixes.recommit(consumer, tp, held, upto)
+
+    assert Consumer._new_offset(consumer, tp) == upto  # type: ignore[arg-type]
+    assert Consumer._should_commit(consumer, tp, upto)  # type: ignore[arg-type]
+    assert Consumer._new_offset(consumer, tp) is None  # type: ignore[arg-type]  # and once only

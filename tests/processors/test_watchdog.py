@@ -247,3 +247,62 @@ async def test_records_read_directly_are_handed_to_faust_as_a_gap(exits: list[in
     await worker._fill_hole(TP(RAW, 1), 633, 651)
     assert handled == list(range(633, 651))
     assert gaps == [(TP(RAW, 1), 633, 650)] and exits == []
+
+
+@dataclass
+class CommittingConsumer(FakeConsumer):
+    commits: int = 0
+    recommitted: list[tuple[TP, int | None, int]] = field(default_factory=list)
+
+    async def commit(self) -> bool:
+        self.commits += 1
+        return True
+
+
+def committing_worker(monkeypatch: pytest.MonkeyPatch, held: dict[int, int],
+                      marks: dict[int, int]) -> tuple[RecordProcessor, CommittingConsumer]:
+    consumer = CommittingConsumer({TP(RAW, partition): mark for partition, mark in marks.items()})
+    worker = processor(consumer, marks)
+    worker.app.conf = type("Conf", (), {"id": "trackdelivery"})()  # type: ignore[attr-defined]
+
+    def committed_offsets(kafka: Any, group: str, topic: str, timeout: float) -> dict[int, int]:
+        assert (group, topic) == ("trackdelivery", RAW)
+        return dict(held)
+
+    async def recommit(consumer_: Any, tp: TP, committed: int | None, upto: int) -> None:
+        consumer_.recommitted.append((tp, committed, upto))
+        held[tp.partition] = upto  # what the commit that follows makes Kafka hold
+
+    monkeypatch.setattr(agents.kafka_clients, "committed_offsets", committed_offsets)
+    monkeypatch.setattr(agents.faust_fixes, "recommit", recommit)
+    return worker, consumer
+
+
+async def test_an_idle_worker_has_commits_kafka_lost_made_again(monkeypatch: pytest.MonkeyPatch,
+                                                                 exits: list[int]) -> None:
+    worker, consumer = committing_worker(monkeypatch, held={0: 100}, marks={0: 118, 1: 40})
+    await worker.watchdog()  # a record just now: faust's own commit timer has the job
+    assert consumer.recommitted == [] and consumer.commits == 0
+
+    worker._last_progress = time.monotonic() - worker.commit_check_after
+    await worker.watchdog()
+    assert set(consumer.recommitted) == {(TP(RAW, 0), 100, 118), (TP(RAW, 1), None, 40)}
+    assert consumer.commits == 1 and worker.metrics.recommits._value.get() == 2
+
+    await worker.watchdog()  # Kafka now holds both: checked, nothing more to do
+    await worker.watchdog()
+    assert len(consumer.recommitted) == 2 and consumer.commits == 1 and exits == []
+
+
+async def test_commits_are_not_touched_while_records_come_in(monkeypatch: pytest.MonkeyPatch) -> None:
+    worker, consumer = committing_worker(monkeypatch, held={0: 100}, marks={0: 118})
+    worker._last_progress = time.monotonic() - worker.commit_check_after
+    original = agents.kafka_clients.committed_offsets
+
+    def committed_while_a_record_arrives(*args: Any) -> dict[int, int]:
+        worker._last_progress = time.monotonic()  # the agent handled a record during the lookup
+        return original(*args)
+
+    monkeypatch.setattr(agents.kafka_clients, "committed_offsets", committed_while_a_record_arrives)
+    await worker.watchdog()
+    assert consumer.recommitted == [] and consumer.commits == 0 and not worker._commits_checked
