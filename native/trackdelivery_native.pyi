@@ -4,10 +4,10 @@ class RowDecoder:
         fields: list[str],
         event_keys: dict[str, str],
         arrival_keys: dict[str, str],
-        type_names: dict[int, str],
+        types: list[tuple[int, str, object]],
         schema_version: int,
     ) -> None: ...
     def add_dictionary(self, dictionary_id: bytes, data: bytes) -> None: ...
     def decode(
-        self, records: list[tuple[bytes, bytes | None, bytes]], wanted: list[str]
-    ) -> list[tuple[bytes, tuple[object, ...]] | None]: ...
+        self, candidates: list[tuple[int, bytes, bytes | None, bytes]], wanted: tuple[str, ...] | list[str]
+    ) -> list[tuple[object, bytes, tuple[object, ...]] | None]: ...

@@ -26,7 +26,6 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 #: a search candidate as the walk returns it: (time ms, event ref, arrival record, event record)
 Candidate = tuple[int, bytes, "bytes | None", bytes]
-_TYPES_BY_NAME = {event_type.value: event_type for event_type in EventType}
 
 
 def native_available() -> bool:
@@ -47,7 +46,7 @@ class RowDecoder:
                 [f.name for f in dataclasses.fields(DeliveryEvent)],
                 dict(codec.EVENT_FIELDS),
                 {**codec.ARRIVAL_FIELDS, **codec.IDENTITY_FIELDS},
-                {code: event_type.value for code, event_type in TYPES_BY_CODE.items()},
+                [(code, event_type.value, event_type) for code, event_type in TYPES_BY_CODE.items()],
                 SCHEMA_VERSION,
             )
         self._installed: set[bytes] = set()
@@ -58,8 +57,8 @@ class RowDecoder:
 
     def decode(
         self, candidates: list[Candidate], wanted: tuple[str, ...]
-    ) -> list[tuple[EventType, bytes, dict[str, Any]]]:
-        """(type, row JSON, {field: value} of ``wanted``) per candidate, in order."""
+    ) -> list[tuple[EventType, bytes, tuple[Any, ...]]]:
+        """(type, row JSON, values of the ``wanted`` fields in their order) per candidate, in order."""
         native = self._native
         if native is None:
             return self._decode_python(candidates, wanted)
@@ -67,20 +66,16 @@ class RowDecoder:
             if dictionary_id not in self._installed:
                 native.add_dictionary(dictionary_id, data)
                 self._installed.add(dictionary_id)
-        results = native.decode([(ref[:MSGREF_BYTES], arrival, blob) for _, ref, arrival, blob in candidates],
-                                ["type", *wanted])
-        decoded: list[tuple[EventType, bytes, dict[str, Any]]] = []
-        for candidate, result in zip(candidates, results, strict=True):
-            if result is None:  # a record the native decoder leaves to Python
-                decoded += self._decode_python([candidate], wanted)
-                continue
-            row, values = result
-            decoded.append((_TYPES_BY_NAME[values[0]], row, dict(zip(wanted, values[1:], strict=True))))
+        decoded: list[Any] = native.decode(candidates, wanted)
+        if None in decoded:  # records the native decoder leaves to Python
+            for index, candidate in enumerate(candidates):
+                if decoded[index] is None:
+                    decoded[index] = self._decode_python([candidate], wanted)[0]
         return decoded
 
     def _decode_python(
         self, candidates: list[Candidate], wanted: tuple[str, ...]
-    ) -> list[tuple[EventType, bytes, dict[str, Any]]]:
+    ) -> list[tuple[EventType, bytes, tuple[Any, ...]]]:
         unpack = self.compression.decompress
         arrivals: dict[bytes, dict[str, Any] | None] = {}
         decoded = []
@@ -89,7 +84,7 @@ class RowDecoder:
             if msgref not in arrivals:
                 arrivals[msgref] = codec.decode_arrival(unpack(arrival_blob)) if arrival_blob else None
             row = codec.decode_event_row(unpack(blob), arrivals[msgref])
-            decoded.append((row["type"], orjson.dumps(row), {name: row[name] for name in wanted}))
+            decoded.append((row["type"], orjson.dumps(row), tuple(row[name] for name in wanted)))
         return decoded
 
 

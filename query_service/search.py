@@ -197,6 +197,31 @@ class _Matcher:
             names += ["cpanel_user", "sender_domain", "recipient_domain"]
         return tuple(dict.fromkeys(names))
 
+    def values_matcher(self, wanted: tuple[str, ...], lo_ms: int, hi_ms: int) -> Callable[[tuple[Any, ...]], bool]:
+        """``matches_fields`` on a tuple of the ``wanted`` fields' values (``fields()`` names them), as one
+        function made once per walk: it runs on every candidate of an answer."""
+        at = {name: index for index, name in enumerate(wanted)}
+        if self.text is not None or self.scope_users is not None or self.scope_domains is not None:
+            return lambda values: self.matches_fields(lambda name: values[at[name]], lo_ms, hi_ms)
+        tests = [(normalise, tuple(at[name] for name in fields), wanted_value)
+                 for filter_name, wanted_value in self.values.items()
+                 for normalise, fields in (_FILTER_FIELDS[filter_name],)]
+        time_at = at["time"]
+
+        def matches(values: tuple[Any, ...]) -> bool:
+            if not lo_ms <= int(values[time_at] * 1000) <= hi_ms:
+                return False
+            for normalise, indexes, wanted_value in tests:
+                for index in indexes:
+                    value = values[index]
+                    if value == wanted_value or normalise(value) == wanted_value:
+                        break
+                else:
+                    return False
+            return True
+
+        return matches
+
     def matches(self, event: DeliveryEvent, lo_ms: int, hi_ms: int) -> bool:
         return self.matches_fields(event.__getattribute__, lo_ms, hi_ms)
 
@@ -513,6 +538,7 @@ class DeliverySearch:
         # (groups, cursor, the newest ms still to read)
         queue: list[tuple[list[_Group], SortKey | None, int]] = [(groups, cursor, hi_ms)]
         wanted = matcher.fields()
+        matches = matcher.values_matcher(wanted, lo_ms, hi_ms)
         while queue:
             batch, start, top = queue.pop(0)
             batch = [group for group in batch if not group.satisfied]
@@ -535,16 +561,28 @@ class DeliverySearch:
             last: dict[int, SortKey] = {}
             returned = [0] * len(batch)
             decoded = self._rows.decode(reply.candidates, wanted)
-            for (time_ms, ref, _, _), (event_type, row, values) in zip(reply.candidates, decoded, strict=True):
-                sort_key = (time_ms, ref)
-                code = TYPE_CODES[event_type]
-                ok = matcher.matches_fields(values.__getitem__, lo_ms, hi_ms)
-                for index, group in enumerate(batch):
-                    if code in group.types:
-                        last[index] = sort_key
-                        returned[index] += 1
-                        if ok:
-                            group.accepted.append((sort_key, (event_type, row)))
+            if len(batch) == 1:  # a page, or one type left: the loop below without its inner loop
+                types, accepted, taken, sort_key = batch[0].types, batch[0].accepted, 0, None
+                for (time_ms, ref, _, _), (event_type, row, values) in zip(reply.candidates, decoded, strict=True):
+                    if TYPE_CODES[event_type] in types:
+                        sort_key = (time_ms, ref)
+                        taken += 1
+                        if matches(values):
+                            accepted.append((sort_key, (event_type, row)))
+                if sort_key is not None:
+                    last[0] = sort_key
+                returned[0] = taken
+            else:
+                for (time_ms, ref, _, _), (event_type, row, values) in zip(reply.candidates, decoded, strict=True):
+                    sort_key = (time_ms, ref)
+                    code = TYPE_CODES[event_type]
+                    ok = matches(values)
+                    for index, group in enumerate(batch):
+                        if code in group.types:
+                            last[index] = sort_key
+                            returned[index] += 1
+                            if ok:
+                                group.accepted.append((sort_key, (event_type, row)))
             if not reply.complete:
                 return False, scanned
             short = []

@@ -18,20 +18,23 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from trackdelivery.store.keys import DIGEST_BYTES, DIRECTORY_SPAN, KeySpace, Kind
+from trackdelivery.store.keys import DIGEST_BYTES, DIRECTORY_SPAN, MSGREF_BYTES, KeySpace, Kind
 
 WALK_SCRIPT = f"local DIGEST, SPAN = {DIGEST_BYTES}, {DIRECTORY_SPAN}\n" + r"""
+local byte, sub, char, floor = string.byte, string.sub, string.char, math.floor
+local band, lshift = bit.band, bit.lshift
+local call = redis.call
 local function be32(s, at)
-  local a, b, c, d = string.byte(s, at, at + 3)
+  local a, b, c, d = byte(s, at, at + 3)
   return ((a * 256 + b) * 256 + c) * 256 + d
 end
 local function pack32(x)
-  return string.char(math.floor(x / 16777216) % 256, math.floor(x / 65536) % 256, math.floor(x / 256) % 256, x % 256)
+  return char(floor(x / 16777216) % 256, floor(x / 65536) % 256, floor(x / 256) % 256, x % 256)
 end
 -- byte-wise: is a < b from position at on (Lua's own string order follows the locale)?
 local function less_from(a, b, at)
   for i = at, #a do
-    local x, y = string.byte(a, i), string.byte(b, i)
+    local x, y = byte(a, i), byte(b, i)
     if x ~= y then return x < y end
   end
   return false
@@ -67,7 +70,7 @@ for c = 1, num() do
   checks[c] = alternatives
 end
 
-local function in_mask(mask, code) return bit.band(mask, bit.lshift(1, code)) ~= 0 end
+local function in_mask(mask, code) return band(mask, lshift(1, code)) ~= 0 end
 local function room()
   local most = 0
   for _, g in ipairs(groups) do if g.room > most then most = g.room end end
@@ -80,43 +83,61 @@ local scanned = 0
 local REF = DIGEST + 6
 local cms, cmem, ccode, count = {}, {}, {}, 0
 
--- drops the candidates from index first..count that are absent from every alternative's index of a check
+-- how many entries the alternatives' sets hold between the times oldest..newest (ms)
+local function window_entries(alternatives, oldest, newest)
+  local total = 0
+  for _, alt in ipairs(alternatives) do
+    for bucket = floor(newest / alt.width), floor(oldest / alt.width), -1 do
+      local upper, lower = bounds(alt.head, alt.head_next, bucket * alt.width, oldest, newest)
+      for partition = alt.first, alt.first + alt.splits - 1 do
+        total = total + call('ZLEXCOUNT', prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition, lower, upper)
+      end
+    end
+  end
+  return total
+end
+
+-- drops the candidates from index first..count that are absent from every alternative's index of a check:
+-- a ZSCORE of each candidate's exact member, or, when the other value has few entries over the
+-- candidates' time window (fewer than EXACT_RATIO per candidate), one read of that window
+local EXACT_RATIO = 4
 local function check(first, alternatives)
   if count < first then return end
   local present = {}
-  if count - first < 8 then
+  local newest, oldest = cms[first], cms[first]
+  for i = first, count do
+    if cms[i] > newest then newest = cms[i] end
+    if cms[i] < oldest then oldest = cms[i] end
+  end
+  local candidates = count - first + 1
+  if candidates <= 8 or window_entries(alternatives, oldest, newest) > EXACT_RATIO * candidates then
     for i = first, count do
-      local ref = string.sub(cmem[i], REF)
+      local ref = sub(cmem[i], REF)
       for _, alt in ipairs(alternatives) do
-        local bucket = math.floor(cms[i] / alt.width)
+        local bucket = floor(cms[i] / alt.width)
         local partition = alt.first
         if alt.splits > 1 then partition = partition + be32(ref, 8) % alt.splits end
         local key = prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition
-        local member = alt.head .. pack32(cms[i] - bucket * alt.width) .. string.char(ccode[i]) .. ref
-        if redis.call('ZSCORE', key, member) then present[ref] = true break end
+        local member = alt.head .. pack32(cms[i] - bucket * alt.width) .. char(ccode[i]) .. ref
+        if call('ZSCORE', key, member) then present[ref] = true break end
       end
     end
   else
-    local newest, oldest = cms[first], cms[first]
-    for i = first, count do
-      if cms[i] > newest then newest = cms[i] end
-      if cms[i] < oldest then oldest = cms[i] end
-    end
     for _, alt in ipairs(alternatives) do
-      for bucket = math.floor(newest / alt.width), math.floor(oldest / alt.width), -1 do
+      for bucket = floor(newest / alt.width), floor(oldest / alt.width), -1 do
         local upper, lower = bounds(alt.head, alt.head_next, bucket * alt.width, oldest, newest)
         for partition = alt.first, alt.first + alt.splits - 1 do
           local key = prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition
-          local entries = redis.call('ZREVRANGEBYLEX', key, upper, lower)
+          local entries = call('ZREVRANGEBYLEX', key, upper, lower)
           scanned = scanned + #entries
-          for _, m in ipairs(entries) do present[string.sub(m, REF)] = true end
+          for _, m in ipairs(entries) do present[sub(m, REF)] = true end
         end
       end
     end
   end
   local kept = first - 1
   for i = first, count do
-    if present[string.sub(cmem[i], REF)] then
+    if present[sub(cmem[i], REF)] then
       kept = kept + 1
       cms[kept], cmem[kept], ccode[kept] = cms[i], cmem[i], ccode[i]
     end
@@ -126,20 +147,20 @@ local function check(first, alternatives)
 end
 
 -- bucket directories: one bit per (value slot, bucket), trusted for buckets from the store's since mark
-local since_ms = tonumber(redis.call('GET', prefix .. 'xd:since') or '-1') * 1000
+local since_ms = tonumber(call('GET', prefix .. 'xd:since') or '-1') * 1000
 local directory_bits = {}
 local function in_directory(s, bucket)
   if s.slot < 0 or since_ms < 0 or bucket * s.width < since_ms then return true end
-  local group = math.floor(bucket / SPAN)
+  local group = floor(bucket / SPAN)
   local name = s.kind .. ':' .. group
   local bits = directory_bits[name .. ':' .. s.slot]
   if not bits then
-    bits = redis.call('GETRANGE', prefix .. 'xd:' .. name, s.slot * SPAN / 8, (s.slot + 1) * SPAN / 8 - 1)
+    bits = call('GETRANGE', prefix .. 'xd:' .. name, s.slot * SPAN / 8, (s.slot + 1) * SPAN / 8 - 1)
     directory_bits[name .. ':' .. s.slot] = bits
   end
   local position = bucket - group * SPAN
-  local byte = string.byte(bits, math.floor(position / 8) + 1)
-  return byte ~= nil and bit.band(byte, bit.lshift(1, 7 - position % 8)) ~= 0
+  local byte = byte(bits, floor(position / 8) + 1)
+  return byte ~= nil and band(byte, lshift(1, 7 - position % 8)) ~= 0
 end
 
 local width = sources[1].width
@@ -148,7 +169,7 @@ if directory > 0 then
   local known = {}
   for code = 1, 30 do
     if in_mask(directory, code) then
-      local busy = redis.call('ZRANGEBYSCORE', prefix .. 'tb:' .. code, math.floor(lo / width), math.floor(hi / width))
+      local busy = call('ZRANGEBYSCORE', prefix .. 'tb:' .. code, floor(lo / width), floor(hi / width))
       for _, b in ipairs(busy) do
         local n = tonumber(b)
         if not known[n] then known[n] = true buckets[#buckets + 1] = n end
@@ -157,7 +178,7 @@ if directory > 0 then
   end
   table.sort(buckets, function(a, b) return a > b end)
 else
-  for b = math.floor(hi / width), math.floor(lo / width), -1 do buckets[#buckets + 1] = b end
+  for b = floor(hi / width), floor(lo / width), -1 do buckets[#buckets + 1] = b end
 end
 local function marked(bucket)
   for _, s in ipairs(sources) do
@@ -167,6 +188,8 @@ local function marked(bucket)
 end
 
 local out, n_out = {0, 0, 0}, 3
+local message_prefix = prefix .. 'm:'
+local sent = {}
 local complete = 1
 local SLOT = 1048576
 local single = #groups == 1
@@ -209,18 +232,18 @@ for _, bucket in ipairs(buckets) do
       -- A set holds many values; a read that finds none of this one still scans the listpack from its
       -- end down to the value. For a value sorting in the set's lower half, after an empty bucket, a
       -- forward probe (which scans from the start) is the shorter way to learn there is nothing.
-      local skip = s.sparse and string.byte(s.head, 1) < 128
-        and #redis.call('ZRANGEBYLEX', key, lower, upper, 'LIMIT', 0, 1) == 0
+      local skip = s.sparse and byte(s.head, 1) < 128
+        and #call('ZRANGEBYLEX', key, lower, upper, 'LIMIT', 0, 1) == 0
       while not skip do
-        local entries = redis.call('ZREVRANGEBYLEX', key, top, lower, 'LIMIT', 0, page)
+        local entries = call('ZREVRANGEBYLEX', key, top, lower, 'LIMIT', 0, page)
         scanned = scanned + #entries
         local first = count + 1
         for _, m in ipairs(entries) do
-          local code = string.byte(m, DIGEST + 5)
+          local code = byte(m, DIGEST + 5)
           if wanted[code] then
             local ms = base + be32(m, DIGEST + 1)
             if ms >= lo and ms <= hi and (cursor_ms < 0 or ms < cursor_ms
-                or (ms == cursor_ms and less_from(string.sub(m, REF), cursor_ref, 1))) then
+                or (ms == cursor_ms and less_from(sub(m, REF), cursor_ref, 1))) then
               count = count + 1
               cms[count], cmem[count], ccode[count] = ms, m, code
             end
@@ -274,55 +297,74 @@ for _, bucket in ipairs(buckets) do
   local at = 1
   while at <= count and room() > 0 do
     local batch, n_batch = {}, 0
-    local messages, fields, slots = {}, {}, {}
-    while at <= count and room() > 0 do
-      local c = ordered[at]
-      at = at + 1
-      local m = cmem[c]
-      local fresh = true
-      if seen then
-        local ref = string.sub(m, REF)
-        if seen[ref] then fresh = false else seen[ref] = true end
+    local messages, n_messages, fields, slots, msgrefs = {}, 0, {}, {}, {}
+    local function add(c, m)
+      n_batch = n_batch + 1
+      batch[n_batch] = c
+      local msgref = sub(m, REF, REF + 7)
+      local list = fields[msgref]
+      if not list then
+        list = {'a'}
+        fields[msgref] = list
+        n_messages = n_messages + 1
+        messages[n_messages] = msgref
       end
-      local code = ccode[c]
-      local take = false
-      if fresh then
-        for _, group in ipairs(groups) do
-          if group.room > 0 and in_mask(group.mask, code) then
-            take = true
-            group.room = group.room - 1
-            if group.room == 0 then filled = true end
+      local slot = #list + 1
+      list[slot] = sub(m, REF + 8)
+      slots[c], msgrefs[c] = slot, msgref
+    end
+    if single and not seen then
+      -- one group, one source: every candidate was read for this group's types (wanted)
+      local group = groups[1]
+      local left = group.room
+      while at <= count and left > 0 do
+        local c = ordered[at]
+        at = at + 1
+        left = left - 1
+        add(c, cmem[c])
+      end
+      group.room = left
+      if left == 0 then filled = true end
+    else
+      while at <= count and room() > 0 do
+        local c = ordered[at]
+        at = at + 1
+        local m = cmem[c]
+        local fresh = true
+        if seen then
+          local ref = sub(m, REF)
+          if seen[ref] then fresh = false else seen[ref] = true end
+        end
+        local code = ccode[c]
+        local take = false
+        if fresh then
+          for _, group in ipairs(groups) do
+            if group.room > 0 and in_mask(group.mask, code) then
+              take = true
+              group.room = group.room - 1
+              if group.room == 0 then filled = true end
+            end
           end
         end
-      end
-      if take then
-        n_batch = n_batch + 1
-        batch[n_batch] = c
-        local msgref = string.sub(m, REF, REF + 7)
-        local list = fields[msgref]
-        if not list then
-          list = {'a'}
-          fields[msgref] = list
-          messages[#messages + 1] = msgref
-        end
-        list[#list + 1] = string.sub(m, REF + 8)
-        slots[c] = #list
+        if take then add(c, m) end
       end
     end
     local arrival, values = {}, {}
     for _, msgref in ipairs(messages) do
-      local reply = redis.call('HMGET', prefix .. 'm:' .. msgref, unpack(fields[msgref]))
+      local reply = call('HMGET', message_prefix .. msgref, unpack(fields[msgref]))
       arrival[msgref] = reply[1]
       values[msgref] = reply
     end
     for k = 1, n_batch do
       local c = batch[k]
-      local m = cmem[c]
-      local msgref = string.sub(m, REF, REF + 7)
+      local msgref = msgrefs[c]
       local blob = values[msgref][slots[c]]
       if blob then
-        out[n_out + 1], out[n_out + 2] = cms[c], string.sub(m, REF)
-        out[n_out + 3], out[n_out + 4] = arrival[msgref], blob
+        out[n_out + 1], out[n_out + 2] = cms[c], sub(cmem[c], REF)
+        -- a message's arrival record goes out with its first event only (false: see the one before)
+        local first = not sent[msgref]
+        if first then sent[msgref] = true end
+        out[n_out + 3], out[n_out + 4] = first and arrival[msgref], blob
         n_out = n_out + 4
       else
         for _, group in ipairs(groups) do
@@ -409,9 +451,16 @@ class ServerWalk:
 
     async def run(self, request: WalkRequest) -> WalkReply:
         reply = await self._script(keys=[], args=self.arguments(request))
-        candidates = [
-            (int(reply[at]), reply[at + 1], reply[at + 2], reply[at + 3]) for at in range(3, len(reply), 4)
-        ]
+        # the script sends a message's arrival record with its first event only
+        arrivals: dict[bytes, bytes | None] = {}
+        candidates = []
+        for at in range(3, len(reply), 4):
+            ref, arrival = reply[at + 1], reply[at + 2]
+            if arrival is None:
+                arrival = arrivals.get(ref[:MSGREF_BYTES])
+            else:
+                arrivals[ref[:MSGREF_BYTES]] = arrival
+            candidates.append((reply[at], ref, arrival, reply[at + 3]))
         resume = int(reply[2])
         return WalkReply(complete=bool(reply[0]), scanned=int(reply[1]), candidates=candidates,
                          resume_ms=resume if resume >= 0 else None)

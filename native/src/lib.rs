@@ -15,25 +15,54 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyFloat, PyString, PyTuple};
 
-/// A stored record's members as (key, raw JSON value), in stored order (records are flat orjson objects
-/// of a few dozen short keys: a linear search beats hashing them).
+/// A record key packed into an integer (stored keys are one to three ASCII letters); a longer key packs
+/// to `LONG_KEY`, which no key the decoder reads has.
+const LONG_KEY: u32 = u32::MAX;
+
+const fn pack_key(key: &[u8]) -> u32 {
+    if key.is_empty() || key.len() > 3 {
+        return LONG_KEY;
+    }
+    let mut packed = key.len() as u32;
+    let mut index = 0;
+    while index < key.len() {
+        packed = (packed << 8) | key[index] as u32;
+        index += 1;
+    }
+    packed
+}
+
+const K_ARRIVAL_ID: u32 = pack_key(b"h");
+const K_MSGID: u32 = pack_key(b"m");
+const K_TYPE: u32 = pack_key(b"y");
+const K_RETRY: u32 = pack_key(b"rt");
+const K_EVENT_ID: u32 = pack_key(b"id");
+const K_TIME: u32 = pack_key(b"t");
+const K_RECIPIENT: u32 = pack_key(b"r");
+const K_RECIPIENT_DOMAIN: u32 = pack_key(b"rd");
+const K_SENDER_DOMAIN: u32 = pack_key(b"sd");
+const K_SENDER: u32 = pack_key(b"s");
+
+/// A stored record's members as (packed key, raw JSON value), in stored order (records are flat orjson
+/// objects of a few dozen short keys: a linear search of integers beats hashing them). The record's text
+/// is valid UTF-8 (checked once by `parse`), so every value slice is too.
 struct Record<'a> {
-    members: Vec<(&'a [u8], &'a [u8])>,
+    members: Vec<(u32, &'a [u8])>,
 }
 
 impl<'a> Record<'a> {
-    fn get(&self, key: &str) -> Option<&'a [u8]> {
-        let key = key.as_bytes();
+    fn get(&self, key: u32) -> Option<&'a [u8]> {
         self.members.iter().find(|(name, _)| *name == key).map(|(_, value)| *value)
     }
 
-    fn contains_key(&self, key: &str) -> bool {
+    fn contains_key(&self, key: u32) -> bool {
         self.get(key).is_some()
     }
 
     /// Splits `{"k":v,...}` into its members without decoding the values; Err for anything else
     /// (an escaped key, a nested object), which the caller leaves to Python.
     fn parse(text: &'a [u8]) -> Result<Self, ()> {
+        std::str::from_utf8(text).map_err(|_| ())?;
         let mut members = Vec::with_capacity(32);
         let mut at = skip_space(text, 0);
         if text.get(at) != Some(&b'{') {
@@ -58,7 +87,7 @@ impl<'a> Record<'a> {
             }
             at = skip_space(text, at + 1);
             let end = value_end(text, at)?;
-            members.push((key, &text[at..end]));
+            members.push((pack_key(key), &text[at..end]));
             at = skip_space(text, end);
             match text.get(at) {
                 Some(b',') => at = skip_space(text, at + 1),
@@ -117,11 +146,16 @@ fn string_end(text: &[u8], at: usize) -> Result<usize, ()> {
     }
 }
 
+/// A value of a `Record` as text. Values are cut at ASCII delimiters out of text `Record::parse` found to
+/// be UTF-8, so they are too; checking each again cost more than the rest of a row.
 fn utf8(raw: &[u8]) -> Result<&str, ()> {
-    std::str::from_utf8(raw).map_err(|_| ())
+    debug_assert!(std::str::from_utf8(raw).is_ok());
+    // SAFETY: see above; every caller passes a slice of a parsed record's text
+    Ok(unsafe { std::str::from_utf8_unchecked(raw) })
 }
 
 const MARKER: u8 = 1;
+const MSGREF_BYTES: usize = 8;
 const HEADER: usize = 3;
 const MAX_OUTPUT: usize = 1 << 22;
 const RETRY_NAMES: [&str; 5] = ["attempt", "first_attempt", "last_attempt", "next_retry", "give_up"];
@@ -135,8 +169,8 @@ enum Source {
     RecipientDomain,
     SenderDomain,
     Server,
-    Event(String),
-    Arrival(String),
+    Event(u32),
+    Arrival(u32),
     Null,
 }
 
@@ -152,7 +186,7 @@ unsafe impl Sync for Context {}
 struct RowDecoder {
     fields: Vec<(String, Source)>,
     schema_version: i64,
-    type_names: HashMap<i64, String>,
+    type_names: HashMap<i64, (String, PyObject)>,
     decompressors: HashMap<[u8; 2], Context>,
 }
 
@@ -179,10 +213,27 @@ fn escape_ascii(value: &str, out: &mut String) {
 /// `codec.domain_of` of a stored address, as a JSON token: null when it has no domain; Err when it is not
 /// ASCII (Python's `str.lower` decides those).
 fn push_domain(address: Option<&[u8]>, out: &mut String) -> Result<(), ()> {
-    let text: Option<String> = match address {
-        None => None,
-        Some(raw) => serde_json::from_slice(raw).map_err(|_| ())?,
+    let Some(raw) = address else {
+        out.push_str("null");
+        return Ok(());
     };
+    if raw.len() >= 2 && raw[0] == b'"' && !raw.contains(&b'\\') {
+        // no escape: no quote, backslash or control character either, so nothing to escape once lowered
+        let text = &raw[1..raw.len() - 1];
+        if !text.is_ascii() {
+            return Err(());
+        }
+        match text.iter().rposition(|&byte| byte == b'@') {
+            Some(at) if at + 1 < text.len() => {
+                out.push('"');
+                out.extend(text[at + 1..].iter().map(|&byte| byte.to_ascii_lowercase() as char));
+                out.push('"');
+            }
+            _ => out.push_str("null"),
+        }
+        return Ok(());
+    }
+    let text: Option<String> = serde_json::from_slice(raw).map_err(|_| ())?;
     let Some(text) = text else {
         out.push_str("null");
         return Ok(());
@@ -198,15 +249,16 @@ fn push_domain(address: Option<&[u8]>, out: &mut String) -> Result<(), ()> {
 }
 
 /// A stored string (absent or null: empty).
-fn string_of(raw: Option<&[u8]>) -> Result<String, ()> {
+fn string_of(raw: Option<&[u8]>) -> Result<std::borrow::Cow<'_, str>, ()> {
+    use std::borrow::Cow;
     match raw {
-        None => Ok(String::new()),
+        None => Ok(Cow::Borrowed("")),
         Some(raw) if !raw.contains(&b'\\') && raw.len() >= 2 && raw[0] == b'"' => {
-            Ok(utf8(&raw[1..raw.len() - 1])?.to_string())
+            Ok(Cow::Borrowed(utf8(&raw[1..raw.len() - 1])?))
         }
         Some(raw) => {
             let value: Option<String> = serde_json::from_slice(raw).map_err(|_| ())?;
-            Ok(value.unwrap_or_default())
+            Ok(Cow::Owned(value.unwrap_or_default()))
         }
     }
 }
@@ -275,14 +327,14 @@ impl RowDecoder {
         Ok(buffer.as_slice())
     }
 
-    /// One row's JSON into `out`, and the (start, end) in `out` of each field's token; Err leaves the
-    /// record to the Python decoder.
-    fn row(&self, event: &Record, arrival: Option<&Record>, out: &mut String, spans: &mut Vec<(usize, usize)>) -> Result<(), ()> {
-        let inline = arrival.is_none() || event.contains_key("h");
+    /// One row's JSON into `out`, and the (start, end) in `out` of each field's token; returns the event's
+    /// type code. Err leaves the record to the Python decoder.
+    fn row(&self, event: &Record, arrival: Option<&Record>, out: &mut String, spans: &mut Vec<(usize, usize)>) -> Result<i64, ()> {
+        let inline = arrival.is_none() || event.contains_key(K_ARRIVAL_ID);
         let source: &Record = if inline { event } else { arrival.ok_or(())? };
-        let code: i64 = utf8(event.get("y").ok_or(())?)?.parse().map_err(|_| ())?;
-        let type_name = self.type_names.get(&code).ok_or(())?;
-        let retry = match event.get("rt") {
+        let code: i64 = utf8(event.get(K_TYPE).ok_or(())?)?.parse().map_err(|_| ())?;
+        let type_name = &self.type_names.get(&code).ok_or(())?.0;
+        let retry = match event.get(K_RETRY) {
             Some(raw) => {
                 let items = array_items(raw)?;
                 if items.len() != RETRY_NAMES.len() {
@@ -318,18 +370,18 @@ impl RowDecoder {
                     }
                     out.push('}');
                 }
-                Source::EventId => match event.get("id") {
+                Source::EventId => match event.get(K_EVENT_ID) {
                     Some(raw) => out.push_str(utf8(raw)?),
                     None => {
                         let attempt: i64 = match &retry {
                             Some(items) => utf8(items[0])?.parse().map_err(|_| ())?,
                             None => 0,
                         };
-                        let time: f64 = utf8(event.get("t").ok_or(())?)?.parse().map_err(|_| ())?;
+                        let time: f64 = utf8(event.get(K_TIME).ok_or(())?)?.parse().map_err(|_| ())?;
                         push_event_id(
-                            &string_of(source.get("h"))?,
-                            &string_of(source.get("m"))?,
-                            &string_of(event.get("r"))?,
+                            &string_of(source.get(K_ARRIVAL_ID))?,
+                            &string_of(source.get(K_MSGID))?,
+                            &string_of(event.get(K_RECIPIENT))?,
                             type_name,
                             time,
                             attempt,
@@ -337,23 +389,23 @@ impl RowDecoder {
                         );
                     }
                 },
-                Source::RecipientDomain => match event.get("rd") {
+                Source::RecipientDomain => match event.get(K_RECIPIENT_DOMAIN) {
                     Some(raw) => out.push_str(utf8(raw)?),
-                    None => push_domain(event.get("r"), out)?,
+                    None => push_domain(event.get(K_RECIPIENT), out)?,
                 },
-                Source::SenderDomain => match source.get("sd") {
+                Source::SenderDomain => match source.get(K_SENDER_DOMAIN) {
                     Some(raw) => out.push_str(utf8(raw)?),
-                    None => push_domain(source.get("s"), out)?,
+                    None => push_domain(source.get(K_SENDER), out)?,
                 },
-                Source::Server => out.push_str(match source.get("h") {
+                Source::Server => out.push_str(match source.get(K_ARRIVAL_ID) {
                     Some(raw) => utf8(raw)?,
                     None => "\"\"",
                 }),
-                Source::Event(key) => out.push_str(match event.get(key) {
+                Source::Event(key) => out.push_str(match event.get(*key) {
                     Some(raw) => utf8(raw)?,
                     None => "null",
                 }),
-                Source::Arrival(key) => out.push_str(match source.get(key) {
+                Source::Arrival(key) => out.push_str(match source.get(*key) {
                     Some(raw) => utf8(raw)?,
                     None => "null",
                 }),
@@ -365,8 +417,16 @@ impl RowDecoder {
         out.push_str("\"v\":");
         out.push_str(&self.schema_version.to_string());
         out.push('}');
-        Ok(())
+        Ok(code)
     }
+}
+
+/// A walk candidate: (time ms, event ref, arrival record or None, event record).
+type Candidate<'py> = (Bound<'py, PyAny>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
+
+/// The message part of an event ref.
+fn msgref(reference: &[u8]) -> &[u8] {
+    &reference[..reference.len().min(MSGREF_BYTES)]
 }
 
 fn to_python(py: Python<'_>, token: &str) -> PyResult<PyObject> {
@@ -400,8 +460,11 @@ impl RowDecoder {
     #[new]
     fn new(
         fields: Vec<String>, event_keys: HashMap<String, String>, arrival_keys: HashMap<String, String>,
-        type_names: HashMap<i64, String>, schema_version: i64,
-    ) -> Self {
+        types: Vec<(i64, String, PyObject)>, schema_version: i64,
+    ) -> PyResult<Self> {
+        if let Some(key) = event_keys.values().chain(arrival_keys.values()).find(|key| pack_key(key.as_bytes()) == LONG_KEY) {
+            return Err(PyValueError::new_err(format!("stored key {key:?} is longer than 3 bytes")));
+        }
         let sources = fields
             .into_iter()
             .map(|name| {
@@ -413,15 +476,16 @@ impl RowDecoder {
                     "sender_domain" => Source::SenderDomain,
                     "server" => Source::Server,
                     other => match (event_keys.get(other), arrival_keys.get(other)) {
-                        (Some(key), _) => Source::Event(key.clone()),
-                        (None, Some(key)) => Source::Arrival(key.clone()),
+                        (Some(key), _) => Source::Event(pack_key(key.as_bytes())),
+                        (None, Some(key)) => Source::Arrival(pack_key(key.as_bytes())),
                         (None, None) => Source::Null,
                     },
                 };
                 (name, source)
             })
             .collect();
-        RowDecoder { fields: sources, schema_version, type_names, decompressors: HashMap::new() }
+        let type_names = types.into_iter().map(|(code, name, object)| (code, (name, object))).collect();
+        Ok(RowDecoder { fields: sources, schema_version, type_names, decompressors: HashMap::new() })
     }
 
     /// Installs the zstd dictionary stored under the 2-byte `dictionary_id`.
@@ -437,11 +501,12 @@ impl RowDecoder {
         Ok(())
     }
 
-    /// For each (message ref, arrival record or None, event record): None (decode it in Python) or
-    /// (row JSON, tuple of the `wanted` fields' values).
+    /// For each walk candidate (time ms, event ref, arrival record or None, event record): None (decode it
+    /// in Python) or (event type, row JSON, tuple of the `wanted` fields' values).
     fn decode<'py>(
         &mut self, py: Python<'py>,
-        records: Vec<(Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>)>, wanted: Vec<String>,
+        candidates: Vec<Candidate<'py>>,
+        wanted: Vec<String>,
     ) -> PyResult<Vec<PyObject>> {
         let positions: Vec<usize> = wanted
             .iter()
@@ -449,31 +514,31 @@ impl RowDecoder {
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| PyValueError::new_err("asked for a field rows do not have"))?;
         // arrival records decompressed once per message
-        let mut arrival_text: Vec<(&[u8], Option<Vec<u8>>)> = Vec::new();
+        let mut arrival_text: Vec<Option<Vec<u8>>> = Vec::new();
         let mut arrival_at: HashMap<&[u8], usize> = HashMap::new();
-        for (msgref, arrival, _) in &records {
+        for (_, reference, arrival, _) in &candidates {
             if let Some(blob) = arrival {
-                let key = msgref.as_bytes();
+                let key = msgref(reference.as_bytes());
                 if !arrival_at.contains_key(key) {
                     let mut buffer = Vec::new();
                     let text = self.unpack(blob.as_bytes(), &mut buffer).ok().map(|slice| slice.to_vec());
                     arrival_at.insert(key, arrival_text.len());
-                    arrival_text.push((key, text));
+                    arrival_text.push(text);
                 }
             }
         }
         let arrivals: Vec<Option<Record>> = arrival_text
             .iter()
-            .map(|(_, text)| text.as_deref().and_then(|bytes| Record::parse(bytes).ok()))
+            .map(|text| text.as_deref().and_then(|bytes| Record::parse(bytes).ok()))
             .collect();
-        let mut out = Vec::with_capacity(records.len());
+        let mut out = Vec::with_capacity(candidates.len());
         let mut buffer = Vec::with_capacity(4096);
         let mut row = String::with_capacity(2048);
         let mut spans = Vec::with_capacity(self.fields.len());
-        for (msgref, arrival, blob) in &records {
+        for (_, reference, arrival, blob) in &candidates {
             let arrival_record = match arrival {
                 None => Ok(None),
-                Some(_) => match arrival_at.get(msgref.as_bytes()).and_then(|&index| arrivals[index].as_ref()) {
+                Some(_) => match arrival_at.get(msgref(reference.as_bytes())).and_then(|&index| arrivals[index].as_ref()) {
                     Some(record) => Ok(Some(record)),
                     None => Err(()),
                 },
@@ -482,18 +547,21 @@ impl RowDecoder {
             let decoded = match self.unpack(blob.as_bytes(), &mut event_buffer) {
                 Ok(text) => arrival_record.and_then(|arrival_record| {
                     let event = Record::parse(text)?;
-                    self.row(&event, arrival_record, &mut row, &mut spans)
+                    let code = self.row(&event, arrival_record, &mut row, &mut spans)?;
+                    Ok(code)
                 }),
                 Err(()) => Err(()),
             };
             buffer = event_buffer;
             match decoded {
-                Ok(()) => {
+                Ok(code) => {
                     let values = positions
                         .iter()
                         .map(|&index| to_python(py, &row[spans[index].0..spans[index].1]))
                         .collect::<PyResult<Vec<_>>>()?;
+                    let event_type = self.type_names[&code].1.clone_ref(py);
                     let item = PyTuple::new(py, [
+                        event_type,
                         PyBytes::new(py, row.as_bytes()).into_any().unbind(),
                         PyTuple::new(py, values)?.into_any().unbind(),
                     ])?;

@@ -346,3 +346,26 @@ async def test_pages_through_events_of_one_millisecond_in_ref_order(client, key_
             break
         query = dataclasses.replace(query, page=Page(limit=4, cursor=result.next_cursor))
     assert seen == expected(Query(server=same_ms[0].server), same_ms)
+
+
+@pytest.mark.parametrize("ratio", [0, 10**9])  # every check by exact members; every check by window reads
+@pytest.mark.parametrize("name", ["user+rdomain+since", "reason+server+until", "domain+server", "sender+rdomain"])
+async def test_the_walks_check_by_exact_members_or_by_windows_gives_the_same_answer(
+        client, key_prefix, monkeypatch, ratio, name):
+    from query_service import walk
+
+    queries = {**FILTERS, "domain+server": Query(domain=DOMAINS[10], server=SERVERS[0]),
+               "sender+rdomain": Query(sender_domain=DOMAINS[3], recipient_domain=REMOTE[1])}
+    script = walk.WALK_SCRIPT.replace("local EXACT_RATIO = 4", f"local EXACT_RATIO = {ratio}")
+    assert script != walk.WALK_SCRIPT
+    monkeypatch.setattr(walk, "WALK_SCRIPT", script)
+    settings = store_settings(key_prefix, dictionary_samples=200)
+    writer = RedisWriter(client, settings)
+    for start in range(0, len(EVENTS), 250):
+        await writer.write(EVENTS[start : start + 250])
+    search = DeliverySearch(client, settings, server_walk=True)
+    query = dataclasses.replace(queries[name], page=Page(limit=5000))
+    want = expected(query)
+    assert want, "a combination with events to find"
+    result = await search.search(query, now=NOW)
+    assert [event.event_id for event in result.events] == want
