@@ -55,22 +55,37 @@ class RowDecoder:
     def native(self) -> bool:
         return self._native is not None
 
-    def decode(
+    def decode_native(
         self, candidates: list[Candidate], wanted: tuple[str, ...]
-    ) -> list[tuple[EventType, bytes, tuple[Any, ...]]]:
-        """(type, row JSON, values of the ``wanted`` fields in their order) per candidate, in order."""
+    ) -> list[tuple[EventType, bytes, tuple[Any, ...]] | None]:
+        """``decode`` by the native decoder alone: None for each candidate it leaves to Python (a record
+        it is unsure of, or one compressed with a dictionary not loaded yet)."""
         native = self._native
-        if native is None:
-            return self._decode_python(candidates, wanted)
         for dictionary_id, data in self.compression.dictionaries.items():
             if dictionary_id not in self._installed:
                 native.add_dictionary(dictionary_id, data)
                 self._installed.add(dictionary_id)
         decoded: list[Any] = native.decode(candidates, wanted)
+        return decoded
+
+    def decode(
+        self, candidates: list[Candidate], wanted: tuple[str, ...]
+    ) -> list[tuple[EventType, bytes, tuple[Any, ...]]]:
+        """(type, row JSON, values of the ``wanted`` fields in their order) per candidate, in order. A
+        candidate without an arrival record has its message's from an earlier candidate, if any (the
+        walk sends each message's arrival record once); every record's dictionary must be loaded."""
+        if self._native is None:
+            return self._decode_python(candidates, wanted)
+        decoded: list[Any] = self.decode_native(candidates, wanted)
         if None in decoded:  # records the native decoder leaves to Python
-            for index, candidate in enumerate(candidates):
+            arrivals: dict[bytes, bytes] = {}
+            for _, ref, arrival, _ in candidates:
+                if arrival is not None:
+                    arrivals.setdefault(ref[:MSGREF_BYTES], arrival)
+            for index, (time_ms, ref, arrival, blob) in enumerate(candidates):
                 if decoded[index] is None:
-                    decoded[index] = self._decode_python([candidate], wanted)[0]
+                    with_arrival = (time_ms, ref, arrival or arrivals.get(ref[:MSGREF_BYTES]), blob)
+                    decoded[index] = self._decode_python([with_arrival], wanted)[0]
         return decoded
 
     def _decode_python(
@@ -81,9 +96,9 @@ class RowDecoder:
         decoded = []
         for _, ref, arrival_blob, blob in candidates:
             msgref = ref[:MSGREF_BYTES]
-            if msgref not in arrivals:
-                arrivals[msgref] = codec.decode_arrival(unpack(arrival_blob)) if arrival_blob else None
-            row = codec.decode_event_row(unpack(blob), arrivals[msgref])
+            if arrivals.get(msgref) is None and arrival_blob:
+                arrivals[msgref] = codec.decode_arrival(unpack(arrival_blob))
+            row = codec.decode_event_row(unpack(blob), arrivals.get(msgref))
             decoded.append((row["type"], orjson.dumps(row), tuple(row[name] for name in wanted)))
         return decoded
 

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 import zstandard
 from redis.exceptions import NoScriptError
 
-from query_service.rows import RowDecoder, row_event
+from query_service.rows import Candidate, RowDecoder, row_event
 from query_service.walk import IndexValue, ServerWalk, WalkRequest
 from trackdelivery.events import DeliveryEvent, EventType
 from trackdelivery.store import codec
@@ -468,6 +468,19 @@ class DeliverySearch:
 
     # -- the server-side walk (single Redis) ---------------------------------------------------------
 
+    async def _decode(self, candidates: list[Candidate], wanted: tuple[str, ...]) -> list[Any]:
+        """The rows of the walk's candidates. The native decoder tries first and says which records it
+        could not decode; the record dictionaries are looked up only then (a record's first 3 bytes name
+        its dictionary), once per dictionary, not once per record."""
+        if self._rows.native:
+            decoded = self._rows.decode_native(candidates, wanted)
+            if None not in decoded:
+                return decoded
+        await self._load_dictionaries(
+            list({blob[:3] for candidate in candidates for blob in (candidate[2], candidate[3]) if blob})
+        )
+        return self._rows.decode(candidates, wanted)
+
     def _index_value(self, kind: Kind, value: str) -> IndexValue:
         keys = self.keys
         digest = value_digest(kind, value)
@@ -554,13 +567,9 @@ class DeliverySearch:
             assert self._walk is not None
             reply = await self._walk.run(request)
             scanned += reply.scanned
-            # a record's first 3 bytes name its dictionary: look each up once, not once per record
-            await self._load_dictionaries(
-                list({blob[:3] for candidate in reply.candidates for blob in (candidate[2], candidate[3]) if blob})
-            )
             last: dict[int, SortKey] = {}
             returned = [0] * len(batch)
-            decoded = self._rows.decode(reply.candidates, wanted)
+            decoded = await self._decode(reply.candidates, wanted)
             if len(batch) == 1:  # a page, or one type left: the loop below without its inner loop
                 types, accepted, taken, sort_key = batch[0].types, batch[0].accepted, 0, None
                 for (time_ms, ref, _, _), (event_type, row, values) in zip(reply.candidates, decoded, strict=True):

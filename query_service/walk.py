@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
-from trackdelivery.store.keys import DIGEST_BYTES, DIRECTORY_SPAN, MSGREF_BYTES, KeySpace, Kind
+from trackdelivery.store.keys import DIGEST_BYTES, DIRECTORY_SPAN, KeySpace, Kind
 
 WALK_SCRIPT = f"local DIGEST, SPAN = {DIGEST_BYTES}, {DIRECTORY_SPAN}\n" + r"""
 local byte, sub, char, floor = string.byte, string.sub, string.char, math.floor
@@ -416,7 +416,9 @@ class WalkRequest:
 class WalkReply:
     complete: bool  # False: the scan budget ran out
     scanned: int
-    candidates: list[tuple[int, bytes, bytes | None, bytes]]  # (time ms, event ref, arrival, event record)
+    #: (time ms, event ref, arrival record, event record); a message's arrival record comes with its first
+    #: candidate only (None with the others)
+    candidates: list[tuple[int, bytes, bytes | None, bytes]]
     resume_ms: int | None  # stopped after max_buckets: go on with buckets up to this ms
 
 
@@ -451,16 +453,9 @@ class ServerWalk:
 
     async def run(self, request: WalkRequest) -> WalkReply:
         reply = await self._script(keys=[], args=self.arguments(request))
-        # the script sends a message's arrival record with its first event only
-        arrivals: dict[bytes, bytes | None] = {}
-        candidates = []
-        for at in range(3, len(reply), 4):
-            ref, arrival = reply[at + 1], reply[at + 2]
-            if arrival is None:
-                arrival = arrivals.get(ref[:MSGREF_BYTES])
-            else:
-                arrivals[ref[:MSGREF_BYTES]] = arrival
-            candidates.append((reply[at], ref, arrival, reply[at + 3]))
+        # the script sends a message's arrival record with its first event only: the decoder takes it
+        # from there for the message's other events
+        candidates = list(zip(reply[3::4], reply[4::4], reply[5::4], reply[6::4], strict=True))
         resume = int(reply[2])
         return WalkReply(complete=bool(reply[0]), scanned=int(reply[1]), candidates=candidates,
                          resume_ms=resume if resume >= 0 else None)

@@ -502,7 +502,8 @@ impl RowDecoder {
     }
 
     /// For each walk candidate (time ms, event ref, arrival record or None, event record): None (decode it
-    /// in Python) or (event type, row JSON, tuple of the `wanted` fields' values).
+    /// in Python) or (event type, row JSON, tuple of the `wanted` fields' values). A candidate without an
+    /// arrival record takes its message's from an earlier candidate, if one has it.
     fn decode<'py>(
         &mut self, py: Python<'py>,
         candidates: Vec<Candidate<'py>>,
@@ -536,12 +537,12 @@ impl RowDecoder {
         let mut row = String::with_capacity(2048);
         let mut spans = Vec::with_capacity(self.fields.len());
         for (_, reference, arrival, blob) in &candidates {
-            let arrival_record = match arrival {
-                None => Ok(None),
-                Some(_) => match arrival_at.get(msgref(reference.as_bytes())).and_then(|&index| arrivals[index].as_ref()) {
-                    Some(record) => Ok(Some(record)),
-                    None => Err(()),
-                },
+            // without an arrival record: its message's from an earlier candidate (the walk sends each
+            // message's once), else none (a record with its arrival data inline)
+            let arrival_record = match (arrival, arrival_at.get(msgref(reference.as_bytes()))) {
+                (None, None) => Ok(None),
+                (_, Some(&index)) => arrivals[index].as_ref().map(Some).ok_or(()),
+                (Some(_), None) => Err(()),
             };
             let mut event_buffer = std::mem::take(&mut buffer);
             let decoded = match self.unpack(blob.as_bytes(), &mut event_buffer) {

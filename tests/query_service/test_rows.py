@@ -71,6 +71,15 @@ async def _candidates(client, settings):
     return search, captured
 
 
+def _with_arrivals(candidates):
+    """The candidates with every one's message arrival record (the walk sends it with the first only)."""
+    first = {}
+    for _, ref, arrival, _ in candidates:
+        if arrival is not None:
+            first.setdefault(ref[:8], arrival)
+    return [(time, ref, arrival or first.get(ref[:8]), blob) for time, ref, arrival, blob in candidates]
+
+
 def _reference(search, candidate) -> bytes:
     _, _, arrival, blob = candidate
     unpack = search.compression.decompress
@@ -86,8 +95,9 @@ async def test_rows_equal_the_json_of_the_decoded_event(stored, native):
     search, candidates = await _candidates(client, settings)
     assert len(candidates) == len(events)
     decoder = RowDecoder(search.compression, native=native)
+    assert any(arrival is None for _, _, arrival, _ in candidates), "repeated arrival records are left out"
     decoded = decoder.decode(candidates, ("time", "sender", "recipient_domain", "subject", "spam_score"))
-    for candidate, (event_type, row, values) in zip(candidates, decoded, strict=True):
+    for candidate, (event_type, row, values) in zip(_with_arrivals(candidates), decoded, strict=True):
         assert row == _reference(search, candidate)
         event = row_event(row)
         assert event_type is event.type
@@ -111,7 +121,8 @@ async def test_the_native_decoder_leaves_only_non_ascii_derived_domains_to_pytho
     for dictionary_id, data in search.compression.dictionaries.items():
         decoder._native.add_dictionary(dictionary_id, data)
     results = decoder._native.decode(candidates, ["time"])
-    left = [_reference(search, c) for c, result in zip(candidates, results, strict=True) if result is None]
+    left = [_reference(search, c) for c, result in zip(_with_arrivals(candidates), results, strict=True)
+            if result is None]
     assert left, "the hostile set has non-ASCII domains to derive"
     for row in left:
         event = orjson.loads(row)
