@@ -141,12 +141,30 @@ def topic_events(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     return final_events(events)
 
 
+def view_difference(live: Any, ref: Any) -> str:
+    """What differs between two message views (events by id, transcript lines, arrival), for the report."""
+    if live is None or ref is None:
+        return f"live {live!r}\nclean {ref!r}"
+    (live_events, live_lines, live_arrival), (ref_events, ref_lines, ref_arrival) = live, ref
+    parts = []
+    live_by_id, ref_by_id = dict(live_events), dict(ref_events)
+    for event_id in sorted(live_by_id.keys() | ref_by_id.keys()):
+        if live_by_id.get(event_id) != ref_by_id.get(event_id):
+            parts.append(f"event {event_id}: live {live_by_id.get(event_id)!r}\n  clean {ref_by_id.get(event_id)!r}")
+    if live_lines != ref_lines:
+        parts.append(f"lines: live {live_lines!r}\n  clean {ref_lines!r}")
+    if live_arrival != ref_arrival:
+        parts.append(f"arrival: live {live_arrival!r}\n  clean {ref_arrival!r}")
+    return "\n".join(parts)[:6000]
+
+
 def assert_same_answers(live: dict[str, Any], ref: dict[str, Any]) -> None:
     assert any(view is not None for view in ref["messages"].values()), "the reference wrote nothing"
     missing = [key for key, view in ref["messages"].items() if view is not None and live["messages"][key] is None]
     assert not missing, f"{len(missing)} messages missing, e.g. {missing[:3]}"
     different = [key for key in ref["messages"] if ref["messages"][key] != live["messages"][key]]
-    assert not different, f"{len(different)} message views differ, e.g. {different[0]}"
+    assert not different, f"{len(different)} message views differ, e.g. {different[0]}:\n" + view_difference(
+        live["messages"][different[0]], ref["messages"][different[0]])
     live_keys, ref_keys = live["structure"].keys(), ref["structure"].keys()
     assert live_keys == ref_keys, f"missing {sorted(ref_keys - live_keys)[:3]} extra {sorted(live_keys - ref_keys)[:3]}"
     different = [key for key in ref_keys if live["structure"][key] != ref["structure"][key]]
