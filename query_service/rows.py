@@ -77,15 +77,18 @@ class RowDecoder:
         if self._native is None:
             return self._decode_python(candidates, wanted)
         decoded: list[Any] = self.decode_native(candidates, wanted)
-        if None in decoded:  # records the native decoder leaves to Python
+        left = [index for index, result in enumerate(decoded) if result is None]
+        if left:  # records the native decoder leaves to Python, each with its message's arrival record
             arrivals: dict[bytes, bytes] = {}
             for _, ref, arrival, _ in candidates:
                 if arrival is not None:
                     arrivals.setdefault(ref[:MSGREF_BYTES], arrival)
-            for index, (time_ms, ref, arrival, blob) in enumerate(candidates):
-                if decoded[index] is None:
-                    with_arrival = (time_ms, ref, arrival or arrivals.get(ref[:MSGREF_BYTES]), blob)
-                    decoded[index] = self._decode_python([with_arrival], wanted)[0]
+            rows = self._decode_python([
+                (time_ms, ref, arrivals.get(ref[:MSGREF_BYTES]), blob)
+                for time_ms, ref, _, blob in (candidates[index] for index in left)
+            ], wanted)
+            for index, row in zip(left, rows, strict=True):
+                decoded[index] = row
         return decoded
 
     def _decode_python(

@@ -83,18 +83,18 @@ local scanned = 0
 local REF = DIGEST + 6
 local cms, cmem, ccode, count = {}, {}, {}, 0
 
--- how many entries the alternatives' sets hold between the times oldest..newest (ms)
-local function window_entries(alternatives, oldest, newest)
-  local total = 0
+-- the alternatives' sorted sets over the times oldest..newest (ms), with the lex bounds of that window
+local function window_sets(alternatives, oldest, newest)
+  local sets = {}
   for _, alt in ipairs(alternatives) do
     for bucket = floor(newest / alt.width), floor(oldest / alt.width), -1 do
       local upper, lower = bounds(alt.head, alt.head_next, bucket * alt.width, oldest, newest)
       for partition = alt.first, alt.first + alt.splits - 1 do
-        total = total + call('ZLEXCOUNT', prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition, lower, upper)
+        sets[#sets + 1] = {prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition, upper, lower}
       end
     end
   end
-  return total
+  return sets
 end
 
 -- drops the candidates from index first..count that are absent from every alternative's index of a check:
@@ -104,13 +104,26 @@ local EXACT_RATIO = 4
 local function check(first, alternatives)
   if count < first then return end
   local present = {}
-  local newest, oldest = cms[first], cms[first]
-  for i = first, count do
-    if cms[i] > newest then newest = cms[i] end
-    if cms[i] < oldest then oldest = cms[i] end
-  end
   local candidates = count - first + 1
-  if candidates <= 8 or window_entries(alternatives, oldest, newest) > EXACT_RATIO * candidates then
+  local sets
+  if candidates > 8 then
+    local newest, oldest = cms[first], cms[first]
+    for i = first, count do
+      if cms[i] > newest then newest = cms[i] end
+      if cms[i] < oldest then oldest = cms[i] end
+    end
+    sets = window_sets(alternatives, oldest, newest)
+    local entries = 0
+    for _, set in ipairs(sets) do entries = entries + call('ZLEXCOUNT', set[1], set[3], set[2]) end
+    if entries > EXACT_RATIO * candidates then sets = nil end
+  end
+  if sets then
+    for _, set in ipairs(sets) do
+      local entries = call('ZREVRANGEBYLEX', set[1], set[2], set[3])
+      scanned = scanned + #entries
+      for _, m in ipairs(entries) do present[sub(m, REF)] = true end
+    end
+  else
     for i = first, count do
       local ref = sub(cmem[i], REF)
       for _, alt in ipairs(alternatives) do
@@ -120,18 +133,6 @@ local function check(first, alternatives)
         local key = prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition
         local member = alt.head .. pack32(cms[i] - bucket * alt.width) .. char(ccode[i]) .. ref
         if call('ZSCORE', key, member) then present[ref] = true break end
-      end
-    end
-  else
-    for _, alt in ipairs(alternatives) do
-      for bucket = floor(newest / alt.width), floor(oldest / alt.width), -1 do
-        local upper, lower = bounds(alt.head, alt.head_next, bucket * alt.width, oldest, newest)
-        for partition = alt.first, alt.first + alt.splits - 1 do
-          local key = prefix .. 'x:' .. alt.kind .. ':' .. bucket .. ':' .. partition
-          local entries = call('ZREVRANGEBYLEX', key, upper, lower)
-          scanned = scanned + #entries
-          for _, m in ipairs(entries) do present[sub(m, REF)] = true end
-        end
       end
     end
   end

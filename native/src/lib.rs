@@ -32,7 +32,7 @@ const fn pack_key(key: &[u8]) -> u32 {
     packed
 }
 
-const K_ARRIVAL_ID: u32 = pack_key(b"h");
+const K_SERVER: u32 = pack_key(b"h");
 const K_MSGID: u32 = pack_key(b"m");
 const K_TYPE: u32 = pack_key(b"y");
 const K_RETRY: u32 = pack_key(b"rt");
@@ -330,7 +330,7 @@ impl RowDecoder {
     /// One row's JSON into `out`, and the (start, end) in `out` of each field's token; returns the event's
     /// type code. Err leaves the record to the Python decoder.
     fn row(&self, event: &Record, arrival: Option<&Record>, out: &mut String, spans: &mut Vec<(usize, usize)>) -> Result<i64, ()> {
-        let inline = arrival.is_none() || event.contains_key(K_ARRIVAL_ID);
+        let inline = arrival.is_none() || event.contains_key(K_SERVER);
         let source: &Record = if inline { event } else { arrival.ok_or(())? };
         let code: i64 = utf8(event.get(K_TYPE).ok_or(())?)?.parse().map_err(|_| ())?;
         let type_name = &self.type_names.get(&code).ok_or(())?.0;
@@ -379,7 +379,7 @@ impl RowDecoder {
                         };
                         let time: f64 = utf8(event.get(K_TIME).ok_or(())?)?.parse().map_err(|_| ())?;
                         push_event_id(
-                            &string_of(source.get(K_ARRIVAL_ID))?,
+                            &string_of(source.get(K_SERVER))?,
                             &string_of(source.get(K_MSGID))?,
                             &string_of(event.get(K_RECIPIENT))?,
                             type_name,
@@ -397,7 +397,7 @@ impl RowDecoder {
                     Some(raw) => out.push_str(utf8(raw)?),
                     None => push_domain(source.get(K_SENDER), out)?,
                 },
-                Source::Server => out.push_str(match source.get(K_ARRIVAL_ID) {
+                Source::Server => out.push_str(match source.get(K_SERVER) {
                     Some(raw) => utf8(raw)?,
                     None => "\"\"",
                 }),
