@@ -349,23 +349,30 @@ async def test_pages_through_events_of_one_millisecond_in_ref_order(client, key_
 
 
 @pytest.mark.parametrize("ratio", [0, 10**9])  # every check by exact members; every check by window reads
-@pytest.mark.parametrize("name", ["user+rdomain+since", "reason+server+until", "domain+server", "sender+rdomain"])
+@pytest.mark.parametrize("name", ["user+rdomain+since", "reason+server+until", "domain+server", "sender+rdomain",
+                                  "dense user+rdomain"])
 async def test_the_walks_check_by_exact_members_or_by_windows_gives_the_same_answer(
         client, key_prefix, monkeypatch, ratio, name):
     from query_service import walk
 
     queries = {**FILTERS, "domain+server": Query(domain=DOMAINS[10], server=SERVERS[0]),
-               "sender+rdomain": Query(sender_domain=DOMAINS[3], recipient_domain=REMOTE[1])}
+               "sender+rdomain": Query(sender_domain=DOMAINS[3], recipient_domain=REMOTE[1]),
+               "dense user+rdomain": Query(cpanel_user="dense", recipient_domain="yahoo.com")}
+    # one busy hour of one user, half of it to one domain: checks of more than 8 candidates at once
+    dense = [make_event(time=NOW - 7200 + 30 * number, msgid=msgid_at(NOW - 7300 + 30 * number),
+                        cpanel_user="dense", recipient=f"u{number}@{('gmail.com', 'yahoo.com')[number % 2]}",
+                        recipient_domain=("gmail.com", "yahoo.com")[number % 2]) for number in range(60)]
+    events = [*EVENTS, *dense]
     script = walk.WALK_SCRIPT.replace("local EXACT_RATIO = 4", f"local EXACT_RATIO = {ratio}")
     assert script != walk.WALK_SCRIPT
     monkeypatch.setattr(walk, "WALK_SCRIPT", script)
     settings = store_settings(key_prefix, dictionary_samples=200)
     writer = RedisWriter(client, settings)
-    for start in range(0, len(EVENTS), 250):
-        await writer.write(EVENTS[start : start + 250])
+    for start in range(0, len(events), 250):
+        await writer.write(events[start : start + 250])
     search = DeliverySearch(client, settings, server_walk=True)
     query = dataclasses.replace(queries[name], page=Page(limit=5000))
-    want = expected(query)
+    want = expected(query, events)
     assert want, "a combination with events to find"
     result = await search.search(query, now=NOW)
     assert [event.event_id for event in result.events] == want
