@@ -7,10 +7,11 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # rustup's cargo (native/ needs a current toolchain; Debian's is older) is often only on a login shell's PATH
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 PYTEST_ARGS ?=
+WALK_MODULE := redis-module/target/release/libtrackdelivery_redis.so
 
 .PHONY: install system-deps kafka-jars lint format test test-chaos bench demo dev-up dev-down clean lock config-docs
 
-install: system-deps $(VENV)/.installed $(VENV)/.native kafka-jars
+install: system-deps $(VENV)/.installed $(VENV)/.native $(WALK_MODULE) kafka-jars
 
 system-deps:
 	@missing=""; \
@@ -37,6 +38,11 @@ $(VENV)/.native: $(VENV)/.installed native/Cargo.toml native/Cargo.lock native/s
 	$(BIN)/pip install -q ./native
 	touch $@
 
+# the Redis module with the search walk as a command (Rust, no dependencies; the service uses the Lua
+# script where Redis has not loaded it); `trackdelivery dev up` and the tests load it from here
+$(WALK_MODULE): redis-module/Cargo.toml redis-module/Cargo.lock $(wildcard redis-module/src/*.rs)
+	cargo build -q --release --manifest-path redis-module/Cargo.toml
+
 kafka-jars:
 	@ls deploy/kafka/libs/kafka_2.13-*.jar >/dev/null 2>&1 || \
 		mvn -q -B -f deploy/kafka/pom.xml dependency:copy-dependencies
@@ -47,6 +53,7 @@ lock: $(VENV)/.installed
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	cargo clippy -q --release --manifest-path redis-module/Cargo.toml -- -D warnings
 
 format: install
 	$(BIN)/ruff check --fix .

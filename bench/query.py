@@ -160,12 +160,15 @@ async def closed_loop(search: DeliverySearch, queries: list[Query], clients: int
     return done
 
 
+WALKS = {"auto": None, "module": True, "script": False}
+
+
 def _saturation_worker(url: str, prefix: str, filters: int, clients: int, seconds: float, offset: int,
-                       stride: int, start_at: float) -> int:
+                       stride: int, start_at: float, walk: str) -> int:
     async def run() -> int:
         pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=clients, timeout=None)
         client = aioredis.Redis(connection_pool=pool)
-        search = DeliverySearch(client, StoreSettings(prefix=prefix))
+        search = DeliverySearch(client, StoreSettings(prefix=prefix), walk_module=WALKS[walk])
         queries = query_mix(seed=5, filters=filters)
         for query in queries[offset : offset + 50]:  # connections and record dictionaries
             await answer(search, query)
@@ -178,13 +181,14 @@ def _saturation_worker(url: str, prefix: str, filters: int, clients: int, second
     return asyncio.run(run())
 
 
-def saturation(url: str, prefix: str, filters: int, clients: int, procs: int, seconds: float) -> float:
+def saturation(url: str, prefix: str, filters: int, clients: int, procs: int, seconds: float, walk: str) -> float:
     """Requests/s of ``clients`` concurrent clients spread over ``procs`` processes, started together."""
     start_at = time.time() + 3 + procs
     shares = [clients // procs + (1 if number < clients % procs else 0) for number in range(procs)]
     with multiprocessing.get_context("spawn").Pool(procs) as pool:
         done = pool.starmap(_saturation_worker, [
-            (url, prefix, filters, share, seconds, number, procs, start_at) for number, share in enumerate(shares)
+            (url, prefix, filters, share, seconds, number, procs, start_at, walk)
+            for number, share in enumerate(shares)
         ])
     return sum(done) / seconds
 
@@ -311,7 +315,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
     log(f"{args.events:,} events stored, Redis used_memory {used / 1e9:.2f} GB")
     pool = aioredis.BlockingConnectionPool.from_url(url, max_connections=64, timeout=None)
     client = aioredis.Redis(connection_pool=pool)
-    search = DeliverySearch(client, settings)
+    search = DeliverySearch(client, settings, walk_module=WALKS[args.walk])
     mixes = {"one_filter": query_mix(seed=5, filters=1), "two_filters": query_mix(seed=5, filters=2)}
     results: dict[str, Any] = {}
     for name, queries in mixes.items():
@@ -320,10 +324,17 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         log(f"{name}: open loop at {args.rate:.0f} req/s for {args.seconds:.0f} s ...")
         opened = await open_loop(search, queries, args.rate, args.seconds)
         log(f"{name}: {args.clients} clients in {args.procs} processes for {args.seconds:.0f} s ...")
-        rps = saturation(url, args.prefix, 1 if name == "one_filter" else 2, args.clients, args.procs, args.seconds)
+        rps = saturation(url, args.prefix, 1 if name == "one_filter" else 2, args.clients, args.procs, args.seconds,
+                         args.walk)
         results[name] = {**opened, "saturation_rps": round(rps, 1)}
         log(f"{name}: p50 {opened['p50_ms']} ms, p99 {opened['p99_ms']} ms at {args.rate:.0f} req/s; "
             f"{rps:,.0f} req/s with {args.clients} clients; {opened['mean_results']} events per answer")
+    assert search._walk is not None
+    walk_used = "module" if search._walk.uses_module else "script"
+    script_rps = None
+    if walk_used == "module":  # the same saturation through the Lua script: what the module buys
+        log(f"one_filter through the Lua script: {args.clients} clients for {args.seconds:.0f} s ...")
+        script_rps = saturation(url, args.prefix, 1, args.clients, args.procs, args.seconds, "script")
     per_type = Query(sender_domain=Fleet(1).users[0][2])  # cPanel's default: up to 250 of each type
     started = time.perf_counter()
     for _ in range(20):
@@ -351,6 +362,8 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "bench": "query",
         "events": args.events,
         "native_rows": search._rows.native,
+        "walk": walk_used,
+        "script_walk_saturation_rps": round(script_rps, 1) if script_rps is not None else None,
         "p50_ms": one["p50_ms"],
         "p99_ms": one["p99_ms"],
         "saturation_rps": one["saturation_rps"],
@@ -377,12 +390,14 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "span_days": round(span_days, 2),
     }
     print(f"""
-query bench: {args.events:,} events over {span_days:.1f} days, rows decoded \
+query bench: {args.events:,} events over {span_days:.1f} days, walks by the Redis {walk_used}, rows decoded \
 {'natively' if search._rows.native else 'in Python'}
   one filter : p50 {one['p50_ms']} ms, p99 {one['p99_ms']} ms at {args.rate:.0f} req/s (target p99 <= 10 ms); \
 {one['saturation_rps']:,.0f} req/s with {args.clients} clients (target >= 1,000)
   two filters: p50 {results['two_filters']['p50_ms']} ms, p99 {results['two_filters']['p99_ms']} ms; \
 {results['two_filters']['saturation_rps']:,.0f} req/s
+  one filter through the Lua script (the walk without the module): \
+{f"{script_rps:,.0f} req/s" if script_rps is not None else "not measured"}
   redis-benchmark raw index read: {raw_rps} req/s
   recipient question: ours {ours_ms:.2f} ms (median of 50), exigrep {summary['exigrep_seconds']} s \
 -> {summary['ratio_vs_exigrep']}x (target >= 1000x)
@@ -402,6 +417,8 @@ def main() -> None:
     parser.add_argument("--procs", type=int, default=os.cpu_count() or 2, help="client processes at saturation")
     parser.add_argument("--no-exigrep", action="store_true", help="skip the exigrep anchor (writes a GB-sized log)")
     parser.add_argument("--prefix", default="tdbench")
+    parser.add_argument("--walk", choices=sorted(WALKS), default="auto",
+                        help="the server walk: the Redis module, the Lua script, or the module where loaded")
     parser.add_argument("--reuse", action="store_true", help="REDIS_URL already holds the events: skip the fill")
     parser.add_argument("--keep", action="store_true", help="leave the redis-server running (prints its URL)")
     args = parser.parse_args()

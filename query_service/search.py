@@ -364,17 +364,23 @@ def decode_cursor(query: Query, cursor: str) -> SortKey:
 
 class DeliverySearch:
     def __init__(
-        self, client: RedisClient, settings: StoreSettings, *, server_walk: bool = True, native: bool | None = None
+        self, client: RedisClient, settings: StoreSettings, *, server_walk: bool = True, native: bool | None = None,
+        walk_module: bool | None = None,
     ) -> None:
         """``server_walk=False`` walks the indexes from the client even on a single Redis (as on a cluster);
-        ``native`` chooses the row decoder (None: the native one when it is installed)."""
+        ``walk_module`` chooses how the server walks (``ServerWalk``'s ``module``: None, the Redis module
+        where it is loaded, else the script); ``native`` chooses the row decoder (None: the native one when
+        it is installed)."""
         self.client = client
         self.settings = settings
         self.keys = KeySpace(settings)
         self.cluster = isinstance(client, aioredis.RedisCluster)
         self._hmget_script = client.register_script(_HMGET_MANY)
         self._ranges_sha: str | None = None
-        self._walk = ServerWalk(client, self.keys) if server_walk and not self.cluster else None  # type: ignore[arg-type]
+        self._walk = (
+            ServerWalk(client, self.keys, module=walk_module)  # type: ignore[arg-type]
+            if server_walk and not self.cluster else None
+        )
         self.compression = codec.RecordCompression()
         self._rows = RowDecoder(self.compression, native=native)
 

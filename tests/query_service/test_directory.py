@@ -43,12 +43,25 @@ def fleet() -> list:
 
 
 async def index_reads(client: aioredis.Redis, search: DeliverySearch, query: Query) -> tuple[list[str], int]:
-    """The event ids a search returns, and how many index range reads Redis ran for it."""
+    """The event ids a search returns, and how many index range reads Redis ran for it (as commands, or
+    inside the module's walk)."""
     await client.config_resetstat()
+    module_before = await module_range_reads(client)
     result = await search.search(query, now=NOW)
     stats = await client.info("commandstats")
     reads = sum(int(stats.get(f"cmdstat_{name}", {}).get("calls", 0)) for name in ("zrevrangebylex", "zrangebylex"))
+    reads += await module_range_reads(client) - module_before
     return [event.event_id for event in result.events], reads
+
+
+async def module_range_reads(client: aioredis.Redis) -> int:
+    stats = await client.execute_command("TRACKDELIVERY.STATS")
+    return int(dict(zip(stats[::2], stats[1::2], strict=True))[b"range_reads"])
+
+
+#: the module's walk, the script's, and the client-side walk
+WALKS = {"server_walk_module": {"walk_module": True}, "server_walk_script": {"walk_module": False},
+         "client_walk": {"server_walk": False}}
 
 
 @pytest.mark.parametrize("query", [
@@ -56,13 +69,13 @@ async def index_reads(client: aioredis.Redis, search: DeliverySearch, query: Que
     Query(domain="rare.example"), Query(cpanel_user="rare", types=frozenset({EventType.DEFERRED})),
     Query(reason=Reason.GREYLISTED),
 ])
-@pytest.mark.parametrize("server_walk", [True, False], ids=["server_walk", "client_walk"])
-async def test_a_rare_value_reads_only_the_buckets_it_is_in(client, key_prefix, query, server_walk):
+@pytest.mark.parametrize("walk", sorted(WALKS))
+async def test_a_rare_value_reads_only_the_buckets_it_is_in(client, key_prefix, query, walk):
     settings = store_settings(key_prefix)
     events = fleet()
     await RedisWriter(client, settings).write(events)
     query = dataclasses.replace(query, page=Page(limit=250))
-    search = DeliverySearch(client, settings, server_walk=server_walk)
+    search = DeliverySearch(client, settings, **WALKS[walk])
     rare = sorted((e for e in events if e.cpanel_user == "rare"), key=lambda e: e.time, reverse=True)
 
     found, reads = await index_reads(client, search, query)
@@ -88,8 +101,8 @@ async def test_buckets_before_the_since_mark_are_read_whatever_their_directory_s
     query = Query(cpanel_user="rare", page=Page(limit=250))
     rare = [e.event_id for e in sorted(events, key=lambda e: e.time, reverse=True) if e.cpanel_user == "rare"]
 
-    for server_walk in (True, False):
-        search = DeliverySearch(client, settings, server_walk=server_walk)
+    for walk in WALKS.values():
+        search = DeliverySearch(client, settings, **walk)
         await client.set(keys.directory_since, int(NOW + 86400))
         assert [event.event_id for event in (await search.search(query, now=NOW)).events] == rare
         # trusted from the start of the second entry's hour: the two newer entries (whose bits are gone) are

@@ -79,10 +79,12 @@ async def client(redis_db_url):
     await connection.aclose()
 
 
-#: the three readers of a single Redis: the server-side walk with the native or the Python row decoder,
-#: and the client-side walk a cluster uses; every test below holds for each
+#: the readers of a single Redis: the server-side walk by the Redis module or by the Lua script, with
+#: the native or the Python row decoder, and the client-side walk a cluster uses; every test below holds
+#: for each
 READERS = {
-    "server_walk": {"server_walk": True},
+    "server_walk": {"server_walk": True, "walk_module": True},
+    "server_walk_script": {"server_walk": True, "walk_module": False},
     "server_walk_python_rows": {"server_walk": True, "native": False},
     "client_walk": {"server_walk": False},
 }
@@ -370,7 +372,7 @@ async def test_the_walks_check_by_exact_members_or_by_windows_gives_the_same_ans
     writer = RedisWriter(client, settings)
     for start in range(0, len(events), 250):
         await writer.write(events[start : start + 250])
-    search = DeliverySearch(client, settings, server_walk=True)
+    search = DeliverySearch(client, settings, server_walk=True, walk_module=False)  # the patched script
     query = dataclasses.replace(queries[name], page=Page(limit=5000))
     want = expected(query, events)
     assert want, "a combination with events to find"

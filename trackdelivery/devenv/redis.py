@@ -3,6 +3,7 @@ Redis Cluster of such servers (``RedisClusterServers``) for the tests."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -19,6 +20,23 @@ from trackdelivery.devenv.ports import free_port, wait_for
 from trackdelivery.devenv.process import ManagedProcess
 from trackdelivery.store.types import REDIS_CONFIG
 
+#: where ``make install`` builds the trackdelivery Redis module (redis-module/): the search walk as a command
+BUILT_WALK_MODULE = Path(__file__).resolve().parents[2] / "redis-module/target/release/libtrackdelivery_redis.so"
+
+
+def walk_module_path() -> Path | None:
+    """The trackdelivery Redis module to load: ``TRACKDELIVERY_REDIS_MODULE`` (empty: none), else the one
+    ``make install`` built, if it did."""
+    configured = os.environ.get("TRACKDELIVERY_REDIS_MODULE")
+    if configured is not None:
+        if not configured:
+            return None
+        path = Path(configured)
+        if not path.is_file():
+            raise DevEnvError(f"TRACKDELIVERY_REDIS_MODULE={configured}: no such file")
+        return path
+    return BUILT_WALK_MODULE if BUILT_WALK_MODULE.is_file() else None
+
 
 def redis_server_binary() -> str:
     binary = shutil.which("redis-server")
@@ -30,14 +48,19 @@ def redis_server_binary() -> str:
 class RedisServer(ManagedProcess):
     def __init__(
         self, workdir: Path, port: int | None = None, *, maxmemory: str = "0", extra_args: Sequence[str] = (),
-        store_config: bool = True,
+        store_config: bool = True, walk_module: bool = True,
     ) -> None:
-        """``store_config``: start with the settings the query store is designed for (``REDIS_CONFIG``)."""
+        """``store_config``: start with the settings the query store is designed for (``REDIS_CONFIG``);
+        ``walk_module``: load the trackdelivery module where one is built (``walk_module_path``)."""
         self.workdir = Path(workdir)
         self.port = port or free_port()
         self.maxmemory = maxmemory
         tuned = [arg for name, value in REDIS_CONFIG.items() for arg in (f"--{name}", value)] if store_config else []
-        self.extra_args = (*tuned, *extra_args)  # more redis-server options, e.g. the cluster ones
+        module = walk_module_path() if walk_module else None
+        #: the module this server loads, if any
+        self.module = module
+        modules = ["--loadmodule", str(module)] if module is not None else []
+        self.extra_args = (*tuned, *modules, *extra_args)  # more redis-server options, e.g. the cluster ones
         super().__init__()
 
     @property

@@ -13,3 +13,7 @@ class InvalidQuery(StoreError, ValueError):
 
 class InvalidCursor(InvalidQuery):
     """A pagination cursor that was not produced by this store for this query."""
+
+
+class WalkModuleMissing(StoreError):
+    """The search was told to walk with the trackdelivery Redis module, and Redis has not loaded it."""
