@@ -26,6 +26,9 @@ except ImportError:  # pragma: no cover - depends on the installation
 
 #: a search candidate as the walk returns it: (time ms, event ref, arrival record, event record)
 Candidate = tuple[int, bytes, "bytes | None", bytes]
+#: a search's simplest check, for the native decoder: ((index in wanted of the time field, lo ms, hi ms),
+#: [(indexes in wanted of a filter's fields, the filter's value as JSON)])
+ExactCheck = tuple[tuple[int, int, int], list[tuple[list[int], bytes]]]
 
 
 def native_available() -> bool:
@@ -56,8 +59,8 @@ class RowDecoder:
         return self._native is not None
 
     def decode_native(
-        self, candidates: list[Candidate], wanted: tuple[str, ...]
-    ) -> list[tuple[EventType, bytes, tuple[Any, ...]] | None]:
+        self, candidates: list[Candidate], wanted: tuple[str, ...], exact: ExactCheck | None = None
+    ) -> list[tuple[EventType, bytes, tuple[Any, ...] | None] | None]:
         """``decode`` by the native decoder alone: None for each candidate it leaves to Python (a record
         it is unsure of, or one compressed with a dictionary not loaded yet)."""
         native = self._native
@@ -65,18 +68,19 @@ class RowDecoder:
             if dictionary_id not in self._installed:
                 native.add_dictionary(dictionary_id, data)
                 self._installed.add(dictionary_id)
-        decoded: list[Any] = native.decode(candidates, wanted)
+        decoded: list[Any] = native.decode(candidates, wanted, exact)
         return decoded
 
     def decode(
-        self, candidates: list[Candidate], wanted: tuple[str, ...]
-    ) -> list[tuple[EventType, bytes, tuple[Any, ...]]]:
+        self, candidates: list[Candidate], wanted: tuple[str, ...], exact: ExactCheck | None = None
+    ) -> list[tuple[EventType, bytes, tuple[Any, ...] | None]]:
         """(type, row JSON, values of the ``wanted`` fields in their order) per candidate, in order. A
         candidate without an arrival record has its message's from an earlier candidate, if any (the
-        walk sends each message's arrival record once); every record's dictionary must be loaded."""
+        walk sends each message's arrival record once); every record's dictionary must be loaded. With
+        ``exact``, a row the native decoder found to pass it has None for its values."""
         if self._native is None:
-            return self._decode_python(candidates, wanted)
-        decoded: list[Any] = self.decode_native(candidates, wanted)
+            return list(self._decode_python(candidates, wanted))
+        decoded: list[Any] = self.decode_native(candidates, wanted, exact)
         left = [index for index, result in enumerate(decoded) if result is None]
         if left:  # records the native decoder leaves to Python, each with its message's arrival record
             arrivals: dict[bytes, bytes] = {}

@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 import zstandard
 from redis.exceptions import NoScriptError
 
-from query_service.rows import Candidate, RowDecoder, row_event
+from query_service.rows import Candidate, ExactCheck, RowDecoder, row_event
 from query_service.walk import IndexValue, ServerWalk, WalkRequest
 from trackdelivery.events import DeliveryEvent, EventType
 from trackdelivery.store import codec
@@ -221,6 +221,18 @@ class _Matcher:
             return True
 
         return matches
+
+    def exact_check(self, wanted: tuple[str, ...], lo_ms: int, hi_ms: int) -> ExactCheck | None:
+        """``values_matcher``'s test in the form the native decoder runs on each row as it decodes it:
+        the time within the bounds and every filter's stored value exactly its normalised value. A row
+        that passes matches; the others go to ``values_matcher``, which also tries their normalised
+        forms. None with a text filter or a scope (Python checks every row then)."""
+        if self.text is not None or self.scope_users is not None or self.scope_domains is not None:
+            return None
+        at = {name: index for index, name in enumerate(wanted)}
+        filters = [([at[field_name] for field_name in _FILTER_FIELDS[name][1]], orjson.dumps(value))
+                   for name, value in self.values.items()]
+        return (at["time"], lo_ms, hi_ms), filters
 
     def matches(self, event: DeliveryEvent, lo_ms: int, hi_ms: int) -> bool:
         return self.matches_fields(event.__getattribute__, lo_ms, hi_ms)
@@ -474,18 +486,20 @@ class DeliverySearch:
 
     # -- the server-side walk (single Redis) ---------------------------------------------------------
 
-    async def _decode(self, candidates: list[Candidate], wanted: tuple[str, ...]) -> list[Any]:
+    async def _decode(
+        self, candidates: list[Candidate], wanted: tuple[str, ...], exact: ExactCheck | None = None
+    ) -> list[Any]:
         """The rows of the walk's candidates. The native decoder tries first and says which records it
         could not decode; the record dictionaries are looked up only then (a record's first 3 bytes name
         its dictionary), once per dictionary, not once per record."""
         if self._rows.native:
-            decoded = self._rows.decode_native(candidates, wanted)
+            decoded = self._rows.decode_native(candidates, wanted, exact)
             if None not in decoded:
                 return decoded
         await self._load_dictionaries(
             list({blob[:3] for candidate in candidates for blob in (candidate[2], candidate[3]) if blob})
         )
-        return self._rows.decode(candidates, wanted)
+        return self._rows.decode(candidates, wanted, exact)
 
     def _index_value(self, kind: Kind, value: str) -> IndexValue:
         keys = self.keys
@@ -558,6 +572,7 @@ class DeliverySearch:
         queue: list[tuple[list[_Group], SortKey | None, int]] = [(groups, cursor, hi_ms)]
         wanted = matcher.fields()
         matches = matcher.values_matcher(wanted, lo_ms, hi_ms)
+        exact = matcher.exact_check(wanted, lo_ms, hi_ms)  # rows that pass it come without values
         while queue:
             batch, start, top = queue.pop(0)
             batch = [group for group in batch if not group.satisfied]
@@ -575,14 +590,14 @@ class DeliverySearch:
             scanned += reply.scanned
             last: dict[int, SortKey] = {}
             returned = [0] * len(batch)
-            decoded = await self._decode(reply.candidates, wanted)
+            decoded = await self._decode(reply.candidates, wanted, exact)
             if len(batch) == 1:  # a page, or one type left: the loop below without its inner loop
                 types, accepted, taken, sort_key = batch[0].types, batch[0].accepted, 0, None
                 for (time_ms, ref, _, _), (event_type, row, values) in zip(reply.candidates, decoded, strict=True):
                     if TYPE_CODES[event_type] in types:
                         sort_key = (time_ms, ref)
                         taken += 1
-                        if matches(values):
+                        if values is None or matches(values):
                             accepted.append((sort_key, (event_type, row)))
                 if sort_key is not None:
                     last[0] = sort_key
@@ -591,7 +606,7 @@ class DeliverySearch:
                 for (time_ms, ref, _, _), (event_type, row, values) in zip(reply.candidates, decoded, strict=True):
                     sort_key = (time_ms, ref)
                     code = TYPE_CODES[event_type]
-                    ok = matches(values)
+                    ok = values is None or matches(values)
                     for index, group in enumerate(batch):
                         if code in group.types:
                             last[index] = sort_key

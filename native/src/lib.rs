@@ -421,6 +421,33 @@ impl RowDecoder {
     }
 }
 
+/// What a search checks on a row in its simplest form: the row's time (ms, truncated as Python's `int`)
+/// within `lo..=hi`, and each filter's stored value exactly its normalised value on one of its fields.
+struct ExactCheck {
+    /// the time field's index in `wanted`, and the bounds
+    time: (usize, i64, i64),
+    /// per filter: indexes in `wanted` of the fields that may hold it, and its JSON token
+    filters: Vec<(Vec<usize>, Vec<u8>)>,
+}
+
+impl ExactCheck {
+    fn holds(&self, row: &str, spans: &[(usize, usize)], positions: &[usize]) -> bool {
+        let token = |index: usize| positions.get(index).and_then(|&at| spans.get(at)).map(|&(start, end)| &row[start..end]);
+        let (time_at, lo, hi) = self.time;
+        let Some(time) = token(time_at).and_then(|text| text.parse::<f64>().ok()) else { return false };
+        let ms = (time * 1000.0) as i64;
+        if ms < lo || ms > hi {
+            return false;
+        }
+        self.filters
+            .iter()
+            .all(|(fields, wanted)| fields.iter().any(|&index| token(index).map(str::as_bytes) == Some(wanted.as_slice())))
+    }
+}
+
+/// `ExactCheck` as Python passes it: ((time index, lo ms, hi ms), [(field indexes, JSON token)]).
+type ExactArgument = ((usize, i64, i64), Vec<(Vec<usize>, Vec<u8>)>);
+
 /// A walk candidate: (time ms, event ref, arrival record or None, event record).
 type Candidate<'py> = (Bound<'py, PyAny>, Bound<'py, PyBytes>, Option<Bound<'py, PyBytes>>, Bound<'py, PyBytes>);
 
@@ -504,11 +531,18 @@ impl RowDecoder {
     /// For each walk candidate (time ms, event ref, arrival record or None, event record): None (decode it
     /// in Python) or (event type, row JSON, tuple of the `wanted` fields' values). A candidate without an
     /// arrival record takes its message's from an earlier candidate, if one has it.
+    ///
+    /// With `exact` ((index in `wanted` of the time field, lo ms, hi ms), [(indexes in `wanted` of a
+    /// filter's fields, the filter's JSON token)]), a row that passes that check comes with None for its
+    /// values: the caller needs to look at the values of the others only.
+    #[pyo3(signature = (candidates, wanted, exact=None))]
     fn decode<'py>(
         &mut self, py: Python<'py>,
         candidates: Vec<Candidate<'py>>,
         wanted: Vec<String>,
+        exact: Option<ExactArgument>,
     ) -> PyResult<Vec<PyObject>> {
+        let exact = exact.map(|(time, filters)| ExactCheck { time, filters });
         let positions: Vec<usize> = wanted
             .iter()
             .map(|name| self.fields.iter().position(|(field, _)| field == name))
@@ -556,15 +590,20 @@ impl RowDecoder {
             buffer = event_buffer;
             match decoded {
                 Ok(code) => {
-                    let values = positions
-                        .iter()
-                        .map(|&index| to_python(py, &row[spans[index].0..spans[index].1]))
-                        .collect::<PyResult<Vec<_>>>()?;
+                    let values = if exact.as_ref().is_some_and(|check| check.holds(&row, &spans, &positions)) {
+                        py.None()
+                    } else {
+                        let values = positions
+                            .iter()
+                            .map(|&index| to_python(py, &row[spans[index].0..spans[index].1]))
+                            .collect::<PyResult<Vec<_>>>()?;
+                        PyTuple::new(py, values)?.into_any().unbind()
+                    };
                     let event_type = self.type_names[&code].1.clone_ref(py);
                     let item = PyTuple::new(py, [
                         event_type,
                         PyBytes::new(py, row.as_bytes()).into_any().unbind(),
-                        PyTuple::new(py, values)?.into_any().unbind(),
+                        values,
                     ])?;
                     out.push(item.into_any().unbind());
                 }

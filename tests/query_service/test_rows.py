@@ -127,3 +127,43 @@ async def test_the_native_decoder_leaves_only_non_ascii_derived_domains_to_pytho
     for row in left:
         event = orjson.loads(row)
         assert not (event["recipient"] or "").isascii() or not (event["sender"] or "").isascii()
+
+
+async def test_the_native_exact_check_passes_exactly_the_rows_whose_values_are_the_filters(stored):
+    """A row comes without values when, and only when, its time is in bounds and every filter's value
+    is exactly on one of its fields (hostile values included); the search then skips its Python check."""
+    if not native_available():
+        pytest.skip("the native decoder is not installed here")
+    from query_service.search import _FILTER_FIELDS, _matcher
+
+    client, settings, events = stored
+    search, candidates = await _candidates(client, settings)
+    await search._load_dictionaries([blob[:3] for c in candidates for blob in (c[2], c[3]) if blob])
+    decoder = RowDecoder(search.compression, native=True)
+    hostile = events[300]
+    queries = [Query(sender=hostile.sender), Query(server="S"), Query(server=events[0].server.upper()),
+               Query(recipient_domain=events[5].recipient_domain), Query(cpanel_user=HOSTILE[2]),
+               Query(domain=events[7].sender_domain, server=events[7].server), Query(ip="192.0.2.9")]
+    passed = 0
+    for query in queries:
+        matcher = _matcher(query, settings.max_field_chars)
+        wanted = matcher.fields()
+        lo_ms, hi_ms = int((NOW - 40000) * 1000), int((NOW - 30) * 1000)
+        exact = matcher.exact_check(wanted, lo_ms, hi_ms)
+        assert exact is not None
+        checked = decoder.decode_native(candidates, wanted, exact)
+        plain = decoder.decode(candidates, wanted)
+        for native_row, (_, _, full) in zip(checked, plain, strict=True):
+            if native_row is None:  # left to Python, which always gives values
+                continue
+            values = native_row[2]
+            assert full is not None
+            at = {name: index for index, name in enumerate(wanted)}
+            holds = lo_ms <= int(full[at["time"]] * 1000) <= hi_ms and all(
+                any(full[at[field]] == value for field in _FILTER_FIELDS[name][1])
+                for name, value in matcher.values.items()
+            )
+            assert (values is None) == holds, (query, full)
+            assert values is None or values == full
+            passed += values is None
+    assert passed > 20
