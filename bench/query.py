@@ -364,6 +364,7 @@ async def measure(url: str, args: argparse.Namespace) -> dict[str, Any]:
         "native_rows": search._rows.native,
         "walk": walk_used,
         "script_walk_saturation_rps": round(script_rps, 1) if script_rps is not None else None,
+        "ratio_module_vs_script": round(one["saturation_rps"] / script_rps, 2) if script_rps else None,
         "p50_ms": one["p50_ms"],
         "p99_ms": one["p99_ms"],
         "saturation_rps": one["saturation_rps"],
@@ -397,7 +398,7 @@ query bench: {args.events:,} events over {span_days:.1f} days, walks by the Redi
   two filters: p50 {results['two_filters']['p50_ms']} ms, p99 {results['two_filters']['p99_ms']} ms; \
 {results['two_filters']['saturation_rps']:,.0f} req/s
   one filter through the Lua script (the walk without the module): \
-{f"{script_rps:,.0f} req/s" if script_rps is not None else "not measured"}
+{f"{script_rps:,.0f} req/s (module: {summary['ratio_module_vs_script']}x)" if script_rps else "not measured"}
   redis-benchmark raw index read: {raw_rps} req/s
   recipient question: ours {ours_ms:.2f} ms (median of 50), exigrep {summary['exigrep_seconds']} s \
 -> {summary['ratio_vs_exigrep']}x (target >= 1000x)

@@ -141,6 +141,18 @@ def topic_events(bootstrap: str, topic: str) -> dict[str, dict[str, Any]]:
     return final_events(events)
 
 
+def lines_difference(live: list[Any], ref: list[Any]) -> str:
+    """Two transcripts' difference in short: counts, where they part, and the lines only one side has."""
+    shorter = min(len(live), len(ref))
+    at = next((index for index in range(shorter) if live[index] != ref[index]), shorter)
+    only_live = [line for line in live if line not in ref]
+    only_ref = [line for line in ref if line not in live]
+    return (f"lines: live {len(live)}, clean {len(ref)}; first difference at line {at}: "
+            f"live {live[at] if at < len(live) else None!r}\n  clean {ref[at] if at < len(ref) else None!r}\n"
+            f"  only live ({len(only_live)}): {[str(line)[:160] for line in only_live[:5]]}\n"
+            f"  only clean ({len(only_ref)}): {[str(line)[:160] for line in only_ref[:5]]}")
+
+
 def view_difference(live: Any, ref: Any) -> str:
     """What differs between two message views (events by id, transcript lines, arrival), for the report."""
     if live is None or ref is None:
@@ -152,7 +164,7 @@ def view_difference(live: Any, ref: Any) -> str:
         if live_by_id.get(event_id) != ref_by_id.get(event_id):
             parts.append(f"event {event_id}: live {live_by_id.get(event_id)!r}\n  clean {ref_by_id.get(event_id)!r}")
     if live_lines != ref_lines:
-        parts.append(f"lines: live {live_lines!r}\n  clean {ref_lines!r}")
+        parts.append(lines_difference(live_lines, ref_lines))
     if live_arrival != ref_arrival:
         parts.append(f"arrival: live {live_arrival!r}\n  clean {ref_arrival!r}")
     return "\n".join(parts)[:6000]
