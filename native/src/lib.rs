@@ -184,7 +184,8 @@ unsafe impl Sync for Context {}
 
 #[pyclass]
 struct RowDecoder {
-    fields: Vec<(String, Source)>,
+    /// (field name, its `"name":` in a row, where its value comes from)
+    fields: Vec<(String, String, Source)>,
     schema_version: i64,
     type_names: HashMap<i64, (String, PyObject)>,
     decompressors: HashMap<[u8; 2], Context>,
@@ -347,10 +348,8 @@ impl RowDecoder {
         out.clear();
         spans.clear();
         out.push('{');
-        for (name, from) in &self.fields {
-            out.push('"');
-            out.push_str(name);
-            out.push_str("\":");
+        for (_, key, from) in &self.fields {
+            out.push_str(key);
             let start = out.len();
             match from {
                 Source::Type => escape_ascii(type_name, out),
@@ -508,8 +507,9 @@ impl RowDecoder {
                         (None, None) => Source::Null,
                     },
                 };
-                (name, source)
+                (format!("\"{name}\":"), name, source)
             })
+            .map(|(key, name, source)| (name, key, source))
             .collect();
         let type_names = types.into_iter().map(|(code, name, object)| (code, (name, object))).collect();
         Ok(RowDecoder { fields: sources, schema_version, type_names, decompressors: HashMap::new() })
@@ -545,7 +545,7 @@ impl RowDecoder {
         let exact = exact.map(|(time, filters)| ExactCheck { time, filters });
         let positions: Vec<usize> = wanted
             .iter()
-            .map(|name| self.fields.iter().position(|(field, _)| field == name))
+            .map(|name| self.fields.iter().position(|(field, _, _)| field == name))
             .collect::<Option<Vec<usize>>>()
             .ok_or_else(|| PyValueError::new_err("asked for a field rows do not have"))?;
         // arrival records decompressed once per message
