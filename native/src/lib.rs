@@ -76,7 +76,7 @@ impl<'a> Record<'a> {
             if text.get(at) != Some(&b'"') {
                 return Err(());
             }
-            let key_end = at + 1 + text[at + 1..].iter().position(|&byte| byte == b'"').ok_or(())?;
+            let key_end = at + 1 + memchr::memchr(b'"', &text[at + 1..]).ok_or(())?;
             let key = &text[at + 1..key_end];
             if key.contains(&b'\\') {
                 return Err(());
@@ -134,15 +134,16 @@ fn value_end(text: &[u8], at: usize) -> Result<usize, ()> {
     }
 }
 
+/// End (exclusive) of the JSON string starting at `at` (a vectorised search for its quote or a backslash:
+/// responses and subjects are the long values of a record).
 fn string_end(text: &[u8], at: usize) -> Result<usize, ()> {
     let mut position = at + 1;
     loop {
-        match text.get(position) {
-            Some(b'"') => return Ok(position + 1),
-            Some(b'\\') => position += 2,
-            Some(_) => position += 1,
-            None => return Err(()),
+        position += memchr::memchr2(b'"', b'\\', text.get(position..).ok_or(())?).ok_or(())?;
+        if text[position] == b'"' {
+            return Ok(position + 1);
         }
+        position += 2; // an escape: the byte after the backslash is not the end
     }
 }
 
