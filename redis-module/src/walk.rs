@@ -21,6 +21,13 @@ const MSGREF: usize = 8;
 /// a check reads the other value's window when it has at most this many entries per candidate
 const EXACT_RATIO: usize = 4;
 const MAX_CODE: u8 = 30;
+/// bounds on what a call may ask for (the service asks for far less: hourly buckets over a retention of
+/// weeks, a few partitions per value); a walk past them would hold Redis, which a module cannot be
+/// stopped in, for minutes
+const MAX_BUCKET_SPAN: i64 = 1_000_000;
+const MAX_PARTITIONS: i64 = 65_536;
+/// a check reads the other value's window only over at most this many sets (else it checks members)
+const MAX_WINDOW_SETS: i64 = 4_096;
 
 /// The reads the walk makes; `module.rs` answers them from Redis's keyspace.
 pub trait Store {
@@ -122,7 +129,10 @@ impl<'a> Arguments<'a> {
             head: self.take()?.to_vec(),
             head_next: self.take()?.to_vec(),
             first: self.number()?,
-            partitions: self.number()?,
+            partitions: match self.number()? {
+                count @ 0..=MAX_PARTITIONS => count,
+                count => return Err(format!("partitions out of range: {count}")),
+            },
         })
     }
 
@@ -157,6 +167,10 @@ impl Request {
         }
         if sources.is_empty() {
             return Err("no source to walk".into());
+        }
+        let width = sources[0].value.width;
+        if hi.div_euclid(width) - lo.div_euclid(width) > MAX_BUCKET_SPAN {
+            return Err(format!("the period spans more than {MAX_BUCKET_SPAN} buckets"));
         }
         if args.at != items.len() {
             return Err("too many arguments".into());
@@ -228,6 +242,9 @@ fn index_key(prefix: &[u8], kind: &[u8], bucket: i64, partition: i64) -> Vec<u8>
     key
 }
 
+/// A sorted set of a check's window: (key, max, min).
+type WindowSet = (Vec<u8>, Vec<u8>, Vec<u8>);
+
 /// The walk's state over one call.
 struct Walk<'a, S: Store> {
     store: &'a mut S,
@@ -262,7 +279,15 @@ impl<S: Store> Walk<'_, S> {
     }
 
     /// The alternatives' sets over ms oldest..newest, with the lex bounds of that window: (key, max, min).
-    fn window_sets(&self, alternatives: &[IndexValue], oldest: i64, newest: i64) -> Vec<(Vec<u8>, Vec<u8>, Vec<u8>)> {
+    /// None when they are more than `MAX_WINDOW_SETS`.
+    fn window_sets(&self, alternatives: &[IndexValue], oldest: i64, newest: i64) -> Option<Vec<WindowSet>> {
+        let count: i64 = alternatives
+            .iter()
+            .map(|alt| (newest.div_euclid(alt.width) - oldest.div_euclid(alt.width) + 1).saturating_mul(alt.partitions))
+            .fold(0, i64::saturating_add);
+        if count > MAX_WINDOW_SETS {
+            return None;
+        }
         let mut sets = Vec::new();
         for alt in alternatives {
             let mut bucket = newest.div_euclid(alt.width);
@@ -278,7 +303,7 @@ impl<S: Store> Walk<'_, S> {
                 bucket -= 1;
             }
         }
-        sets
+        Some(sets)
     }
 
     /// Drops the candidates from `first` on that no alternative's index holds.
@@ -293,10 +318,11 @@ impl<S: Store> Walk<'_, S> {
         if candidates > 8 {
             let newest = *self.cms[first..].iter().max().expect("candidates");
             let oldest = *self.cms[first..].iter().min().expect("candidates");
-            let sets = self.window_sets(alternatives, oldest, newest);
-            let entries: usize = sets.iter().map(|(key, max, min)| self.store.lex_count(key, min, max)).sum();
-            if entries <= EXACT_RATIO * candidates {
-                windows = Some(sets);
+            if let Some(sets) = self.window_sets(alternatives, oldest, newest) {
+                let entries: usize = sets.iter().map(|(key, max, min)| self.store.lex_count(key, min, max)).sum();
+                if entries <= EXACT_RATIO * candidates {
+                    windows = Some(sets);
+                }
             }
         }
         if let Some(sets) = windows {

@@ -172,6 +172,10 @@ async def test_the_module_replies_as_the_script_does_when_records_are_gone_or_en
     [b"p:", b"1", b"2", b"-1", b"", b"100", b"0", b"64", b"99999999999", b"1"],  # a count out of range
     [b"p:", b"1", b"2", b"-1", b"", b"100", b"0", b"64", b"1", b"2", b"5", b"1", b"u", b"3600000", b"abc", b"abd",
      b"0", b"1", b"-1", b"0", b"extra"],  # too many
+    [b"p:", b"0", b"100000000000", b"-1", b"", b"100", b"0", b"64", b"1", b"2", b"5", b"1", b"u", b"1", b"abc",
+     b"abd", b"0", b"1", b"-1", b"0"],  # 1 ms buckets over three years: a walk that would hold Redis for hours
+    [b"p:", b"1", b"2", b"-1", b"", b"100", b"0", b"64", b"1", b"2", b"5", b"1", b"u", b"3600000", b"abc", b"abd",
+     b"0", b"1000000000000", b"-1", b"0"],  # partitions out of range
 ])
 async def test_bad_arguments_are_refused_and_redis_keeps_serving(client, arguments):
     with pytest.raises(ResponseError, match=r"(?i)trackdelivery\.walk|wrong number"):
