@@ -79,7 +79,7 @@ class RowDecoder:
         walk sends each message's arrival record once); every record's dictionary must be loaded. With
         ``exact``, a row the native decoder found to pass it has None for its values."""
         if self._native is None:
-            return list(self._decode_python(candidates, wanted))
+            return self._decode_python(candidates, wanted)
         decoded: list[Any] = self.decode_native(candidates, wanted, exact)
         left = [index for index, result in enumerate(decoded) if result is None]
         if left:  # records the native decoder leaves to Python, each with its message's arrival record
@@ -97,10 +97,10 @@ class RowDecoder:
 
     def _decode_python(
         self, candidates: list[Candidate], wanted: tuple[str, ...]
-    ) -> list[tuple[EventType, bytes, tuple[Any, ...]]]:
+    ) -> list[tuple[EventType, bytes, tuple[Any, ...] | None]]:
         unpack = self.compression.decompress
         arrivals: dict[bytes, dict[str, Any] | None] = {}
-        decoded = []
+        decoded: list[tuple[EventType, bytes, tuple[Any, ...] | None]] = []
         for _, ref, arrival_blob, blob in candidates:
             msgref = ref[:MSGREF_BYTES]
             if arrivals.get(msgref) is None and arrival_blob:

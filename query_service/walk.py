@@ -496,8 +496,8 @@ class ServerWalk:
 
     async def run(self, request: WalkRequest) -> WalkReply:
         reply = await self._call(self.arguments(request))
-        # the script sends a message's arrival record with its first event only: the decoder takes it
-        # from there for the message's other events
+        # the walk sends a message's arrival record with its first event only: the decoder takes it from
+        # there for the message's other events
         candidates = list(zip(reply[3::4], reply[4::4], reply[5::4], reply[6::4], strict=True))
         resume = int(reply[2])
         return WalkReply(complete=bool(reply[0]), scanned=int(reply[1]), candidates=candidates,

@@ -508,9 +508,9 @@ impl RowDecoder {
                         (None, None) => Source::Null,
                     },
                 };
-                (format!("\"{name}\":"), name, source)
+                let key = format!("\"{name}\":");
+                (name, key, source)
             })
-            .map(|(key, name, source)| (name, key, source))
             .collect();
         let type_names = types.into_iter().map(|(code, name, object)| (code, (name, object))).collect();
         Ok(RowDecoder { fields: sources, schema_version, type_names, decompressors: HashMap::new() })

@@ -489,8 +489,11 @@ pub fn walk<S: Store>(request: &mut Request, store: &mut S) -> Reply {
                     loop {
                         let entries = walk.store.rev_range(&key, &top, &lower, Some(page));
                         walk.scanned += entries.len() as i64;
+                        let full = entries.len() == page;
+                        // the next page starts below this one's last entry
+                        let below = if full { entries.last().map(|last| concat(&[b"(", last])) } else { None };
                         let first = walk.cms.len();
-                        for member in &entries {
+                        for member in entries {
                             if member.len() != MEMBER {
                                 continue;
                             }
@@ -506,7 +509,7 @@ pub fn walk<S: Store>(request: &mut Request, store: &mut S) -> Reply {
                                     || (ms == cursor_ms && less(&member[REF..], cursor_ref)))
                             {
                                 walk.cms.push(ms);
-                                walk.cmem.push(member.clone());
+                                walk.cmem.push(member);
                                 walk.ccode.push(code);
                             }
                         }
@@ -524,13 +527,11 @@ pub fn walk<S: Store>(request: &mut Request, store: &mut S) -> Reply {
                                 }
                             }
                         }
-                        if entries.len() < page {
-                            break;
-                        }
+                        let Some(below) = below else { break };
                         if groups.iter().zip(&got).all(|(group, &got)| group.room <= 0 || got >= group.room) {
                             break;
                         }
-                        top = concat(&[b"(", entries.last().expect("a full page")]);
+                        top = below;
                     }
                 }
                 if walk.cms.len() > before {
@@ -587,35 +588,33 @@ pub fn walk<S: Store>(request: &mut Request, store: &mut S) -> Reply {
             }
             // the batch's messages in order of first appearance, each with its fields
             let mut messages: Vec<(&[u8], Vec<&[u8]>)> = Vec::new();
+            let mut message_at: HashMap<&[u8], usize> = HashMap::new();
             let mut slots: Vec<(usize, usize)> = Vec::with_capacity(batch.len());
             for &candidate in &batch {
                 let reference = &walk.cmem[candidate][REF..];
                 let msgref = &reference[..reference.len().min(MSGREF)];
                 let field = &reference[reference.len().min(MSGREF)..];
-                let message = match messages.iter().position(|(known, _)| *known == msgref) {
-                    Some(index) => index,
-                    None => {
-                        messages.push((msgref, vec![b"a".as_slice()]));
-                        messages.len() - 1
-                    }
-                };
+                let message = *message_at.entry(msgref).or_insert_with(|| {
+                    messages.push((msgref, vec![b"a".as_slice()]));
+                    messages.len() - 1
+                });
                 messages[message].1.push(field);
                 slots.push((message, messages[message].1.len() - 1));
             }
-            let values: Vec<Vec<Option<Vec<u8>>>> = messages
+            let mut values: Vec<Vec<Option<Vec<u8>>>> = messages
                 .iter()
                 .map(|(msgref, fields)| walk.store.hash_get(&concat(&[&request.prefix, b"m:", msgref]), fields))
                 .collect();
             for (&candidate, &(message, slot)) in batch.iter().zip(&slots) {
-                match &values[message][slot] {
+                match values[message][slot].take() {
                     Some(record) => {
-                        let msgref = messages[message].0;
-                        let first = sent.insert(msgref.to_vec());
+                        // the message's arrival record goes out with its first event only
+                        let first = sent.insert(messages[message].0.to_vec());
                         out.push(Candidate {
                             ms: walk.cms[candidate],
                             reference: walk.cmem[candidate][REF..].to_vec(),
-                            arrival: if first { values[message][0].clone() } else { None },
-                            record: record.clone(),
+                            arrival: if first { values[message][0].take() } else { None },
+                            record,
                         });
                     }
                     None => {
