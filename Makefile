@@ -34,7 +34,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $@
 
 # the query service's native row decoder (Rust, built with maturin; the service runs without it, slower)
-$(VENV)/.native: $(VENV)/.installed native/Cargo.toml native/Cargo.lock native/src/lib.rs native/pyproject.toml
+$(VENV)/.native: $(VENV)/.installed native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs native/src/*/*.rs) native/pyproject.toml
 	$(BIN)/pip install -q ./native
 	touch $@
 
@@ -54,6 +54,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	cargo clippy -q --release --manifest-path redis-module/Cargo.toml -- -D warnings
+	cargo clippy -q --release --manifest-path native/Cargo.toml -- -D warnings
 
 format: install
 	$(BIN)/ruff check --fix .

@@ -2,9 +2,10 @@
 
     python bench/parse.py [--lines 1000000] [--runs 3] [--profile]
 
-Generates a seeded one-server log with the project's generator (cached in bench/.cache/), runs both
-tools alternately (pinned with ``taskset -c 0`` when available, output to /dev/null) and ends with one
-line of JSON. eximstats comes from PATH, else from Debian's exim4-base package, downloaded and unpacked
+Generates a seeded one-server log with the project's generator (cached in bench/.cache/), runs the
+native engine, the Python engine (the reference modules) and eximstats alternately (pinned with
+``taskset -c 0`` when available, output to /dev/null) and ends with one line of JSON. eximstats comes
+from PATH, else from Debian's exim4-base package, downloaded and unpacked
 into the cache (never installed: it would pull an MTA in).
 """
 
@@ -142,32 +143,43 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--profile", action="store_true", help="also profile parse+correlate in process")
+    parser.add_argument("--profile", action="store_true", help="also profile the Python engine in process")
+    parser.add_argument("--python-every-run", action="store_true", help="time the Python engine in every run")
     args = parser.parse_args()
 
     make_cache()
     path = bench_log(args.lines, args.seed)
     lines = count_lines(path)
-    ours = pinned([sys.executable, "-m", "trackdelivery", "parse", "--output", "events", str(path)])
+    command = [sys.executable, "-m", "trackdelivery", "parse", "--output", "events"]
+    ours = pinned([*command, "--engine", "native", str(path)])
+    reference = pinned([*command, "--engine", "python", str(path)])
     theirs = pinned([*find_eximstats(CACHE), str(path)])
     log(f"log: {path} ({lines} lines, {path.stat().st_size / 1e6:.1f} MB)")
 
-    our_rates, their_rates = [], []
+    our_rates, python_rates, their_rates = [], [], []
     for run in range(1, args.runs + 1):
         our_rates.append(lines / timed(ours))
         their_rates.append(lines / timed(theirs))
-        log(f"run {run}: trackdelivery {our_rates[-1]:,.0f} lines/s, eximstats {their_rates[-1]:,.0f} lines/s")
+        if run == 1 or args.python_every_run:
+            python_rates.append(lines / timed(reference))
+        log(
+            f"run {run}: trackdelivery {our_rates[-1]:,.0f} lines/s (python engine {python_rates[-1]:,.0f}),"
+            f" eximstats {their_rates[-1]:,.0f} lines/s"
+        )
 
     our_rate = statistics.median(our_rates)
+    python_rate = statistics.median(python_rates)
     their_rate = statistics.median(their_rates)
     ratio = our_rate / their_rate
     log(f"median: trackdelivery {our_rate:,.0f} lines/s, eximstats {their_rate:,.0f} lines/s, ratio {ratio:.2f}x")
+    log(f"python engine: {python_rate:,.0f} lines/s ({python_rate / their_rate:.3f}x eximstats)")
     if args.profile:
         profile(path)
     result = {
         "bench": "parse",
         "lines": lines,
         "trackdelivery_lines_per_s": round(our_rate),
+        "python_engine_lines_per_s": round(python_rate),
         "eximstats_lines_per_s": round(their_rate),
         "ratio_vs_eximstats": round(ratio, 3),
         "target": TARGET,

@@ -15,6 +15,12 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyFloat, PyString, PyTuple};
 
+mod exim;
+
+/// Rust's allocations in this extension (the parse engine makes many small ones) go to mimalloc.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A record key packed into an integer (stored keys are one to three ASCII letters); a longer key packs
 /// to `LONG_KEY`, which no key the decoder reads has.
 const LONG_KEY: u32 = u32::MAX;
@@ -331,7 +337,13 @@ impl RowDecoder {
 
     /// One row's JSON into `out`, and the (start, end) in `out` of each field's token; returns the event's
     /// type code. Err leaves the record to the Python decoder.
-    fn row(&self, event: &Record, arrival: Option<&Record>, out: &mut String, spans: &mut Vec<(usize, usize)>) -> Result<i64, ()> {
+    fn row(
+        &self,
+        event: &Record,
+        arrival: Option<&Record>,
+        out: &mut String,
+        spans: &mut Vec<(usize, usize)>,
+    ) -> Result<i64, ()> {
         let inline = arrival.is_none() || event.contains_key(K_SERVER);
         let source: &Record = if inline { event } else { arrival.ok_or(())? };
         let code: i64 = utf8(event.get(K_TYPE).ok_or(())?)?.parse().map_err(|_| ())?;
@@ -432,16 +444,17 @@ struct ExactCheck {
 
 impl ExactCheck {
     fn holds(&self, row: &str, spans: &[(usize, usize)], positions: &[usize]) -> bool {
-        let token = |index: usize| positions.get(index).and_then(|&at| spans.get(at)).map(|&(start, end)| &row[start..end]);
+        let token =
+            |index: usize| positions.get(index).and_then(|&at| spans.get(at)).map(|&(start, end)| &row[start..end]);
         let (time_at, lo, hi) = self.time;
         let Some(time) = token(time_at).and_then(|text| text.parse::<f64>().ok()) else { return false };
         let ms = (time * 1000.0) as i64;
         if ms < lo || ms > hi {
             return false;
         }
-        self.filters
-            .iter()
-            .all(|(fields, wanted)| fields.iter().any(|&index| token(index).map(str::as_bytes) == Some(wanted.as_slice())))
+        self.filters.iter().all(|(fields, wanted)| {
+            fields.iter().any(|&index| token(index).map(str::as_bytes) == Some(wanted.as_slice()))
+        })
     }
 }
 
@@ -486,10 +499,15 @@ impl RowDecoder {
     /// code -> type name.
     #[new]
     fn new(
-        fields: Vec<String>, event_keys: HashMap<String, String>, arrival_keys: HashMap<String, String>,
-        types: Vec<(i64, String, PyObject)>, schema_version: i64,
+        fields: Vec<String>,
+        event_keys: HashMap<String, String>,
+        arrival_keys: HashMap<String, String>,
+        types: Vec<(i64, String, PyObject)>,
+        schema_version: i64,
     ) -> PyResult<Self> {
-        if let Some(key) = event_keys.values().chain(arrival_keys.values()).find(|key| pack_key(key.as_bytes()) == LONG_KEY) {
+        if let Some(key) =
+            event_keys.values().chain(arrival_keys.values()).find(|key| pack_key(key.as_bytes()) == LONG_KEY)
+        {
             return Err(PyValueError::new_err(format!("stored key {key:?} is longer than 3 bytes")));
         }
         let sources = fields
@@ -538,7 +556,8 @@ impl RowDecoder {
     /// values: the caller needs to look at the values of the others only.
     #[pyo3(signature = (candidates, wanted, exact=None))]
     fn decode<'py>(
-        &mut self, py: Python<'py>,
+        &mut self,
+        py: Python<'py>,
         candidates: Vec<Candidate<'py>>,
         wanted: Vec<String>,
         exact: Option<ExactArgument>,
@@ -563,10 +582,8 @@ impl RowDecoder {
                 }
             }
         }
-        let arrivals: Vec<Option<Record>> = arrival_text
-            .iter()
-            .map(|text| text.as_deref().and_then(|bytes| Record::parse(bytes).ok()))
-            .collect();
+        let arrivals: Vec<Option<Record>> =
+            arrival_text.iter().map(|text| text.as_deref().and_then(|bytes| Record::parse(bytes).ok())).collect();
         let mut out = Vec::with_capacity(candidates.len());
         let mut buffer = Vec::with_capacity(4096);
         let mut row = String::with_capacity(2048);
@@ -601,11 +618,8 @@ impl RowDecoder {
                         PyTuple::new(py, values)?.into_any().unbind()
                     };
                     let event_type = self.type_names[&code].1.clone_ref(py);
-                    let item = PyTuple::new(py, [
-                        event_type,
-                        PyBytes::new(py, row.as_bytes()).into_any().unbind(),
-                        values,
-                    ])?;
+                    let item =
+                        PyTuple::new(py, [event_type, PyBytes::new(py, row.as_bytes()).into_any().unbind(), values])?;
                     out.push(item.into_any().unbind());
                 }
                 Err(()) => out.push(py.None()),
@@ -618,5 +632,10 @@ impl RowDecoder {
 #[pymodule]
 fn trackdelivery_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<RowDecoder>()?;
+    module.add_function(wrap_pyfunction!(exim::python::exim_parse_files, module)?)?;
+    module.add_class::<exim::reasons::NativeClassifier>()?;
+    module.add_class::<exim::correlator::probe::NativeCorrelatorProbe>()?;
+    module.add_function(wrap_pyfunction!(exim::parser_hook::exim_parse_line_fields, module)?)?;
+    module.add_function(wrap_pyfunction!(exim::parser_hook::exim_parse_file_count, module)?)?;
     Ok(())
 }

@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import gzip
+import importlib
 import io
 import os
 import sys
+import time
 import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import click
 import orjson
 
 from processors.exim.types import LineKind, ParsedLine
 from trackdelivery.events import SCHEMA_VERSION, DeliveryEvent, EventType
+
+if TYPE_CHECKING:
+    from processors.exim.retry import RetryRules
 
 GZIP_MAGIC = b"\x1f\x8b"
 READ_BUFFER = 1 << 20
@@ -218,6 +224,14 @@ def _timezone(_ctx: click.Context, _param: click.Parameter, value: str) -> datet
 @click.option("--format", "output_format", type=click.Choice(["jsonl", "table"]), default="jsonl", show_default=True)
 @click.option("--retry-rules", help='Exim retry rules, e.g. "F,2h,15m; G,16h,1h,1.5; F,4d,6h".')
 @click.option("--tz", "tz", default="UTC", show_default=True, callback=_timezone, help="Zone of times without offset.")
+@click.option(
+    "--engine",
+    type=click.Choice(["auto", "native", "python"]),
+    default="auto",
+    show_default=True,
+    envvar="TRACKDELIVERY_PARSE_ENGINE",
+    help="native: the Rust pipeline (JSON lines only); python: the reference modules; auto: native when built.",
+)
 def parse(
     files: tuple[str, ...],
     server: str | None,
@@ -225,10 +239,9 @@ def parse(
     output_format: str,
     retry_rules: str | None,
     tz: datetime.tzinfo,
+    engine: str,
 ) -> None:
     """Parse Exim main logs (FILE ..., .gz, or - for stdin) into JSON lines or a table."""
-    from processors.exim.correlator import Correlator
-    from processors.exim.parser import parse_line
     from processors.exim.retry import DEFAULT_RETRY_RULES, RetryRules
 
     rules = DEFAULT_RETRY_RULES
@@ -241,6 +254,96 @@ def parse(
     inputs = files or ("-",)
     events_wanted = output == "events"
     table = output_format == "table"
+    native = _native_engine(engine, table)
+    if native is not None:
+        _parse_native(native, inputs, server, events_wanted, rules, tz)
+        return
+    _parse_python(inputs, server, events_wanted, table, output, rules, tz)
+
+
+def _native_engine(engine: str, table: bool) -> Any:
+    """The native module when it should run this parse, else None (the Python modules run it)."""
+    if engine == "python" or (engine == "auto" and table):
+        return None
+    if table:
+        raise click.BadParameter("the native engine writes JSON lines only; use --engine python", param_hint="--engine")
+    try:
+        native: Any = importlib.import_module("trackdelivery_native")
+    except ImportError:
+        native = None
+    if native is None or not hasattr(native, "exim_parse_files"):
+        if engine == "native":
+            raise click.ClickException("the native engine is not built: run `make install` (or pip install ./native)")
+        return None
+    return native
+
+
+def _parse_native(
+    native: Any,
+    inputs: tuple[str, ...],
+    server: str | None,
+    events_wanted: bool,
+    rules: RetryRules,
+    tz: datetime.tzinfo,
+) -> None:
+    """The same work as ``_parse_python`` in ``trackdelivery_native``: it reads the files and writes stdout."""
+    from processors.exim.parser import local_epoch
+
+    pairs = [(path, server or server_name_for(path)) for path in inputs]
+    now = time.time()
+    progress = _progress(inputs)
+    tasks: dict[int, Any] = {}
+
+    def report(index: int, done: int) -> None:
+        path = inputs[index]
+        if progress is None or path == "-":
+            return
+        if index not in tasks:
+            tasks[index] = progress.add_task(path, total=os.path.getsize(path))
+        progress.update(tasks[index], completed=done)
+
+    stdout = click.get_binary_stream("stdout")
+    try:
+        lines, kinds, event_types = native.exim_parse_files(
+            pairs,
+            events_wanted,
+            rules,
+            SCHEMA_VERSION,
+            stdout.write,
+            click.get_binary_stream("stdin").read if "-" in inputs else None,
+            None if tz is datetime.UTC else functools.partial(local_epoch, default_tz=tz),
+            now,
+            datetime.datetime.fromtimestamp(now, tz).year,
+            report if progress else None,
+        )
+        stdout.flush()
+    except BrokenPipeError:
+        sys.stderr.close()
+        os._exit(0)
+    except OSError as error:
+        raise click.ClickException(str(error)) from error
+    finally:
+        if progress:
+            progress.stop()
+    _summary(
+        lines,
+        Counter({LineKind(kind): count for kind, count in kinds}),
+        Counter({EventType(kind): count for kind, count in event_types}) if events_wanted else None,
+    )
+
+
+def _parse_python(
+    inputs: tuple[str, ...],
+    server: str | None,
+    events_wanted: bool,
+    table: bool,
+    output: str,
+    rules: RetryRules,
+    tz: datetime.tzinfo,
+) -> None:
+    from processors.exim.correlator import Correlator
+    from processors.exim.parser import parse_line
+
     out = Output(table, output)
     correlator = Correlator(retry_rules=rules, emit_in_progress=False)
     kinds: Counter[LineKind] = Counter()

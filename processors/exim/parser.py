@@ -304,6 +304,11 @@ def _epoch(stamp: str, zone: str | None, default_tz: tzinfo) -> float | None:
     return result
 
 
+def local_epoch(stamp: str, default_tz: tzinfo) -> float | None:
+    """Epoch seconds of ``YYYY-MM-DD HH:MM:SS`` read in ``default_tz`` (the native parser asks for these)."""
+    return _epoch(stamp, None, default_tz)
+
+
 def _compute_epoch(stamp: str, zone: str | None, default_tz: tzinfo) -> float | None:
     if zone is not None:
         base = _epoch_utc(stamp)

@@ -1,19 +1,76 @@
-"""Parser + correlator end to end: against the generator's ground truth, and over the real-log corpus."""
+"""Parser + correlator end to end: against the generator's ground truth, and over the real-log corpus.
+
+Each test runs twice: on the Python modules (the library the stream processors use) and on the native
+engine of ``trackdelivery parse`` (a real process; its events read back from its JSON lines).
+"""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
+import orjson
 import pytest
 
 from processors.exim.correlator import Correlator
 from processors.exim.parser import parse_line
 from processors.exim.types import LineKind, ParsedLine
 from tests.processors.exim.corpus import corpus_dir
+from tests.processors.exim.test_native_engine import native_built
 from trackdelivery.events import DeliveryEvent, EventType, Reason
 
 REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(params=["library", "native"])
+def engine(request: pytest.FixtureRequest) -> str:
+    if request.param == "native" and not native_built():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI builds the native engine (`make install`); it is missing")
+        pytest.skip("the native engine is not built here (make install)")
+    return str(request.param)
+
+
+def native_parse(output: str, *paths: Path, server: str | None = None) -> list[dict[str, object]]:
+    command = [sys.executable, "-m", "trackdelivery", "parse", "--engine", "native", "--output", output]
+    result = subprocess.run(
+        [*command, *(["--server", server] if server else []), *map(str, paths)],
+        capture_output=True,
+        check=True,
+        cwd=REPO,
+    )
+    return [orjson.loads(line) for line in result.stdout.splitlines()]
+
+
+def events_of(engine: str, server: str, path: Path) -> list[DeliveryEvent]:
+    if engine == "native":
+        return [DeliveryEvent.from_dict(record) for record in native_parse("events", path, server=server)]
+    return correlate(server, path.read_bytes().splitlines())[1]
+
+
+OutcomeLine = tuple[str, int, LineKind, str | None, str | None, str]  # server, number, kind, msgid, address, raw
+
+
+def corpus_through(engine: str, files: list[Path]) -> tuple[list[DeliveryEvent], list[OutcomeLine]]:
+    """Every event and parsed line of the corpus files. The library reads each file as a server of its own;
+    the native engine reads them all in one run, each under the server name the command gives it."""
+    if engine == "native":
+        events = [DeliveryEvent.from_dict(record) for record in native_parse("events", *files)]
+        lines = [
+            (str(r["server"]), int(r["line"]), LineKind(r["kind"]), r["msgid"], r.get("address"), r.get("raw", ""))  # type: ignore[arg-type,call-overload]
+            for r in native_parse("lines", *files)
+        ]
+        return events, lines
+    events, lines = [], []
+    for path in files:
+        server = path.relative_to(corpus_dir()).as_posix()
+        parsed_lines, file_events = correlate(server, path.read_bytes().split(b"\n"))
+        events += file_events
+        lines += [(server, n, p.kind, p.msgid, p.address, p.raw) for n, p in enumerate(parsed_lines, 1)]
+    return events, lines
 
 
 def correlate(server: str, raw_lines: list[bytes]) -> tuple[list[ParsedLine], list[DeliveryEvent]]:
@@ -32,7 +89,7 @@ def correlate(server: str, raw_lines: list[bytes]) -> tuple[list[ParsedLine], li
 
 
 @pytest.mark.slow
-def test_final_state_of_every_recipient_matches_the_truth(tmp_path: Path) -> None:
+def test_final_state_of_every_recipient_matches_the_truth(tmp_path: Path, engine: str) -> None:
     from click.testing import CliRunner
 
     from trackdelivery.generator.cli import generate
@@ -55,8 +112,7 @@ def test_final_state_of_every_recipient_matches_the_truth(tmp_path: Path) -> Non
     attempts: dict[tuple[str, str | None, str, int | None], int] = defaultdict(int)
     for log in sorted(tmp_path.glob("*/exim_mainlog")):
         server = log.parent.name
-        _, events = correlate(server, log.read_bytes().splitlines())
-        for event in events:
+        for event in events_of(engine, server, log):
             key_time = round(event.time) if event.msgid is None else None
             for address in {event.recipient, event.original_recipient} - {None}:
                 key = (server, event.msgid, str(address).lower(), key_time)
@@ -117,29 +173,27 @@ EXPECTED_TYPES = {
 }
 
 
-def test_every_outcome_line_of_the_corpus_becomes_an_event() -> None:
+def test_every_outcome_line_of_the_corpus_becomes_an_event(engine: str) -> None:
     corpus = corpus_dir()
     files = sorted(path for path in corpus.rglob("*") if path.is_file() and path.suffix != ".md")
     assert files
+    events, lines = corpus_through(engine, files)
+    found: dict[tuple[str, str | None, str], set[EventType]] = defaultdict(set)
+    by_msgid: dict[tuple[str, str | None], set[EventType]] = defaultdict(set)
+    for event in events:
+        by_msgid[(event.server, event.msgid)].add(event.type)
+        for address in (event.recipient, event.original_recipient, event.delivered_to):
+            if address:
+                found[(event.server, event.msgid, address.lower())].add(event.type)
     missing = []
     outcome_lines = 0
-    for path in files:
-        server = path.relative_to(corpus).as_posix()
-        parsed_lines, events = correlate(server, path.read_bytes().split(b"\n"))
-        found: dict[tuple[str | None, str], set[EventType]] = defaultdict(set)
-        by_msgid: dict[str | None, set[EventType]] = defaultdict(set)
-        for event in events:
-            by_msgid[event.msgid].add(event.type)
-            for address in (event.recipient, event.original_recipient, event.delivered_to):
-                if address:
-                    found[(event.msgid, address.lower())].add(event.type)
-        for number, parsed in enumerate(parsed_lines, 1):
-            expected = EXPECTED_TYPES.get(parsed.kind)
-            if expected is None or not parsed.msgid:
-                continue
-            outcome_lines += 1
-            got = found[(parsed.msgid, parsed.address.lower())] if parsed.address else by_msgid[parsed.msgid]
-            if not got & expected:
-                missing.append(f"{server}:{number}: {parsed.kind} {parsed.address!r} -> {sorted(got)}: {parsed.raw}")
+    for server, number, kind, msgid, address, raw in lines:
+        expected = EXPECTED_TYPES.get(kind)
+        if expected is None or not msgid:
+            continue
+        outcome_lines += 1
+        got = found[(server, msgid, address.lower())] if address else by_msgid[(server, msgid)]
+        if not got & expected:
+            missing.append(f"{server}:{number}: {kind} {address!r} -> {sorted(got)}: {raw}")
     assert outcome_lines > 1000
     assert not missing, f"{len(missing)} outcome lines without their event:\n" + "\n".join(missing[:30])

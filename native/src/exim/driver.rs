@@ -1,0 +1,357 @@
+//! The loop of `trackdelivery parse` in native code: read plain or gzip logs (or stdin), split lines,
+//! parse, correlate, and write JSON lines to stdout in big chunks. It mirrors `processors/exim/cli.py`
+//! step for step: the same release cadence, the same event window, the same counts for the summary.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::io::{self, BufReader, Read, Write};
+
+use flate2::read::MultiGzDecoder;
+
+use super::correlator::Correlator;
+use super::encode::{push_event, push_line};
+use super::parser::parse_line;
+use super::types::{Classify, DeliveryEvent, EventType, LineKind, LocalClock, Text};
+
+pub const READ_CHUNK: usize = 1 << 20;
+pub const WRITE_CHUNK: usize = 1 << 20;
+/// Lines between two releases of finished messages (`RELEASE_EVERY` in cli.py).
+pub const RELEASE_EVERY: u64 = 200_000;
+/// Events wait this many lines for a re-emission before being written (`WINDOW_LINES`).
+pub const WINDOW_LINES: u64 = 10_000;
+pub const WINDOW_CHECK_EVERY: u64 = 1000;
+pub const PROGRESS_EVERY: u64 = 65_536;
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+
+/// One input: a path (`-` for stdin) and the server its lines belong to.
+pub struct Input {
+    pub path: String,
+    pub server: Text,
+}
+
+/// What the caller prints in its summary; counts in the order each kind or type was first seen.
+#[derive(Default)]
+pub struct Summary {
+    pub lines: u64,
+    pub kinds: Vec<(LineKind, u64)>,
+    pub event_types: Vec<(EventType, u64)>,
+}
+
+/// A failure to read an input (`path` is the input) or to write the output (`path` is None).
+pub struct RunError {
+    pub path: Option<String>,
+    pub error: io::Error,
+}
+
+/// Counts by first appearance, as a Python `Counter` keeps them.
+struct FirstSeenCounts<T: Copy + PartialEq> {
+    slots: Vec<Option<usize>>,
+    order: Vec<(T, u64)>,
+}
+
+impl<T: Copy + PartialEq> FirstSeenCounts<T> {
+    fn new(size: usize) -> Self {
+        FirstSeenCounts { slots: vec![None; size], order: Vec::new() }
+    }
+
+    fn add(&mut self, key: T, index: usize) {
+        match self.slots[index] {
+            Some(slot) => self.order[slot].1 += 1,
+            None => {
+                self.slots[index] = Some(self.order.len());
+                self.order.push((key, 1));
+            }
+        }
+    }
+}
+
+/// Buffered output of JSON lines; written to the sink in chunks of about `WRITE_CHUNK` bytes.
+struct Output<'w> {
+    sink: &'w mut dyn Write,
+    buffer: Vec<u8>,
+    write_failed: bool,
+}
+
+impl Output<'_> {
+    fn end_line(&mut self) -> io::Result<()> {
+        self.buffer.push(b'\n');
+        if self.buffer.len() >= WRITE_CHUNK {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.buffer.is_empty() {
+            let written = self.sink.write_all(&self.buffer);
+            self.write_failed = written.is_err();
+            written?;
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+}
+
+/// An event id (24 hex digits) as a number: the window's key. Another text (never made here) is hashed.
+fn id_key(event_id: &str) -> u128 {
+    if event_id.len() == 24 {
+        if let Ok(value) = u128::from_str_radix(event_id, 16) {
+            return value;
+        }
+    }
+    let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for &byte in event_id.as_bytes() {
+        hash = (hash ^ u128::from(byte)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    hash | (1 << 127) // outside the range of 24 hex digits
+}
+
+/// Hashes an event-id key: its bits are already a hash.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, value: u128) {
+        self.0 = value as u64 ^ (value >> 64) as u64;
+    }
+}
+
+struct Pending {
+    line: u64,
+    kind: EventType,
+    json: Vec<u8>,
+}
+
+/// `EventWindow` of cli.py: holds events so that a re-emission (same event id) replaces the first
+/// version instead of being written twice. An event keeps the place and line number of its first
+/// version. Events wait already encoded; their buffers are reused.
+#[derive(Default)]
+struct EventWindow {
+    order: VecDeque<u128>,
+    pending: HashMap<u128, Pending, BuildHasherDefault<IdHasher>>,
+    spare: Vec<Vec<u8>>,
+}
+
+impl EventWindow {
+    fn add(&mut self, line_number: u64, event: &DeliveryEvent) {
+        let mut json = self.spare.pop().unwrap_or_default();
+        push_event(&mut json, event);
+        let key = id_key(&event.event_id);
+        if let Some(held) = self.pending.get_mut(&key) {
+            held.kind = event.kind;
+            std::mem::swap(&mut held.json, &mut json);
+            json.clear();
+            self.spare.push(json);
+            return;
+        }
+        self.order.push_back(key);
+        self.pending.insert(key, Pending { line: line_number, kind: event.kind, json });
+    }
+
+    /// Write the events first seen at or before `up_to_line`, in the order they came.
+    fn drain(
+        &mut self,
+        up_to_line: u64,
+        out: &mut Output<'_>,
+        types: &mut FirstSeenCounts<EventType>,
+    ) -> io::Result<()> {
+        while let Some(key) = self.order.front() {
+            if self.pending.get(key).is_some_and(|held| held.line > up_to_line) {
+                break;
+            }
+            let key = self.order.pop_front().unwrap_or_default();
+            if let Some(mut held) = self.pending.remove(&key) {
+                types.add(held.kind, held.kind.index());
+                out.buffer.extend_from_slice(&held.json);
+                held.json.clear();
+                self.spare.push(held.json);
+                out.end_line()?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads an input, counting the bytes taken from the file itself (compressed bytes for gzip).
+struct Counted<R> {
+    inner: R,
+    taken: u64,
+}
+
+impl<R: Read> Read for Counted<R> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(buffer)?;
+        self.taken += read as u64;
+        Ok(read)
+    }
+}
+
+/// The parts of a run that do not change between inputs.
+pub struct Run<'r> {
+    pub events: bool,
+    pub correlator: &'r mut Correlator,
+    pub classifier: &'r mut dyn Classify,
+    pub clock: &'r mut dyn LocalClock,
+    /// Called with (input index, bytes of the file read so far) every `PROGRESS_EVERY` lines.
+    pub progress: Option<&'r mut dyn FnMut(usize, u64)>,
+}
+
+struct State<'w> {
+    out: Output<'w>,
+    window: EventWindow,
+    kinds: FirstSeenCounts<LineKind>,
+    types: FirstSeenCounts<EventType>,
+    produced: Vec<DeliveryEvent>,
+    total_lines: u64,
+    last_time: f64,
+}
+
+impl State<'_> {
+    fn drain(&mut self, up_to_line: u64) -> io::Result<()> {
+        self.window.drain(up_to_line, &mut self.out, &mut self.types)
+    }
+}
+
+/// Parse every input in order and write lines or events to `sink`; the summary on success.
+pub fn run(
+    run: &mut Run<'_>,
+    inputs: &[Input],
+    mut stdin: Option<&mut dyn Read>,
+    sink: &mut dyn Write,
+) -> Result<Summary, RunError> {
+    let mut state = State {
+        out: Output { sink, buffer: Vec::with_capacity(WRITE_CHUNK + 65_536), write_failed: false },
+        window: EventWindow::default(),
+        kinds: FirstSeenCounts::new(LineKind::ALL.len()),
+        types: FirstSeenCounts::new(EventType::ALL.len()),
+        produced: Vec::new(),
+        total_lines: 0,
+        last_time: 0.0,
+    };
+    for (index, input) in inputs.iter().enumerate() {
+        let opened = match (input.path.as_str(), stdin.as_mut()) {
+            ("-", Some(reader)) => Ok(Box::new(reader) as Box<dyn Read + '_>),
+            ("-", None) => Ok(Box::new(io::stdin().lock()) as Box<dyn Read + '_>),
+            (path, _) => File::open(path).map(|file| Box::new(file) as Box<dyn Read + '_>),
+        };
+        match opened.and_then(|source| read_input(run, &mut state, index, input, source)) {
+            Ok(number) => state.total_lines += number,
+            Err(error) => {
+                let path = if state.out.write_failed { None } else { Some(input.path.clone()) };
+                return Err(RunError { path, error });
+            }
+        }
+    }
+    let total = state.total_lines;
+    let finish = |state: &mut State<'_>, run: &mut Run<'_>| -> io::Result<()> {
+        if run.events {
+            let mut flushed = Vec::new();
+            run.correlator.flush(run.classifier, &mut flushed);
+            for event in &flushed {
+                state.window.add(total, event);
+            }
+            state.drain(total)?;
+        }
+        state.out.flush()?;
+        state.out.write_failed = true;
+        state.out.sink.flush()
+    };
+    finish(&mut state, run).map_err(|error| RunError { path: None, error })?;
+    Ok(Summary { lines: total, kinds: state.kinds.order, event_types: state.types.order })
+}
+
+fn read_input(
+    run: &mut Run<'_>,
+    state: &mut State<'_>,
+    index: usize,
+    input: &Input,
+    source: Box<dyn Read + '_>,
+) -> io::Result<u64> {
+    let mut file = BufReader::with_capacity(READ_CHUNK, Counted { inner: source, taken: 0 });
+    let gzip = {
+        let head = io::BufRead::fill_buf(&mut file)?;
+        head.len() >= 2 && head[..2] == GZIP_MAGIC
+    };
+    if gzip {
+        let mut reader = MultiGzDecoder::new(file);
+        read_lines(run, state, index, input, &mut reader, |reader| reader.get_ref().get_ref().taken)
+    } else {
+        read_lines(run, state, index, input, &mut file, |reader| reader.get_ref().taken)
+    }
+}
+
+fn read_lines<R: Read>(
+    run: &mut Run<'_>,
+    state: &mut State<'_>,
+    index: usize,
+    input: &Input,
+    reader: &mut R,
+    taken: impl Fn(&R) -> u64,
+) -> io::Result<u64> {
+    let mut buffer = vec![0u8; READ_CHUNK];
+    let mut filled = 0;
+    let mut number: u64 = 0;
+    let mut at_end = false;
+    while !at_end {
+        if filled == buffer.len() {
+            buffer.resize(buffer.len() * 2, 0); // a line longer than the buffer
+        }
+        let read = reader.read(&mut buffer[filled..])?;
+        at_end = read == 0;
+        filled += read;
+        let mut start = 0;
+        while start < filled {
+            let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
+                Some(offset) => start + offset,
+                None if at_end => filled,
+                None => break,
+            };
+            number += 1;
+            one_line(run, state, &input.server, &buffer[start..end], number)?;
+            if number.is_multiple_of(PROGRESS_EVERY) {
+                if let Some(progress) = run.progress.as_mut() {
+                    progress(index, taken(reader));
+                }
+            }
+            start = end + 1;
+        }
+        buffer.copy_within(start.min(filled)..filled, 0);
+        filled -= start.min(filled);
+    }
+    Ok(number)
+}
+
+fn one_line(run: &mut Run<'_>, state: &mut State<'_>, server: &Text, raw: &[u8], number: u64) -> io::Result<()> {
+    let line = parse_line(raw, run.clock);
+    state.kinds.add(line.kind, line.kind.index());
+    if !run.events {
+        push_line(&mut state.out.buffer, number, server, &line);
+        return state.out.end_line();
+    }
+    if let Some(time) = line.time {
+        state.last_time = time;
+    }
+    let at = state.total_lines + number;
+    run.correlator.feed(server, &line, run.classifier, &mut state.produced);
+    for event in state.produced.drain(..) {
+        state.window.add(at, &event);
+    }
+    if number.is_multiple_of(WINDOW_CHECK_EVERY) {
+        state.drain(at.saturating_sub(WINDOW_LINES))?;
+    }
+    if number.is_multiple_of(RELEASE_EVERY) {
+        run.correlator.release(state.last_time);
+    }
+    Ok(())
+}

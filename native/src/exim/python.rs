@@ -1,0 +1,167 @@
+//! The Python face of the native Exim pipeline: `exim_parse_files`, called by `trackdelivery parse`.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+
+use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::correlator::Correlator;
+use super::driver::{run, Input, Run};
+use super::encode::SCHEMA_VERSION;
+use super::parser::UtcClock;
+use super::reasons::Classifier;
+use super::retry::RetryRules;
+use super::types::LocalClock;
+
+/// Grace and staleness of the offline correlator (the Python `Correlator` defaults).
+const GRACE_SECONDS: f64 = 3600.0;
+const STALE_SECONDS: f64 = 8.0 * 86400.0;
+const LOCAL_CACHE_LIMIT: usize = 8192;
+
+/// Times without an offset in a zone other than UTC, computed by a Python function and remembered.
+struct PythonClock<'py> {
+    local_epoch: Bound<'py, PyAny>,
+    year: i32,
+    now: f64,
+    cache: HashMap<String, Option<f64>>,
+}
+
+impl LocalClock for PythonClock<'_> {
+    fn local_epoch(&mut self, stamp: &str) -> Option<f64> {
+        if let Some(known) = self.cache.get(stamp) {
+            return *known;
+        }
+        let value =
+            self.local_epoch.call1((stamp,)).ok().and_then(|value| value.extract::<Option<f64>>().ok()).flatten();
+        if self.cache.len() > LOCAL_CACHE_LIMIT {
+            self.cache.clear();
+        }
+        self.cache.insert(stamp.to_owned(), value);
+        value
+    }
+
+    fn is_utc(&self) -> bool {
+        false
+    }
+
+    fn now(&self) -> f64 {
+        self.now
+    }
+
+    fn current_year(&mut self) -> i32 {
+        self.year
+    }
+}
+
+/// A Python binary stream's `write` as an `io::Write` (called once per output chunk).
+struct PythonWriter<'py> {
+    write: Bound<'py, PyAny>,
+}
+
+impl Write for PythonWriter<'_> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.write_all(data)?;
+        Ok(data.len())
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        let py = self.write.py();
+        self.write.call1((PyBytes::new(py, data),)).map(drop).map_err(|error| python_io_error(py, error))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A Python binary stream's `read(n)` as an `io::Read` (stdin, so that click's runner can feed it).
+struct PythonReader<'py> {
+    read: Bound<'py, PyAny>,
+}
+
+impl Read for PythonReader<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> io::Result<usize> {
+        let py = self.read.py();
+        let chunk = self.read.call1((buffer.len(),)).map_err(|error| python_io_error(py, error))?;
+        let data: &[u8] = chunk.extract().map_err(|error| python_io_error(py, error))?;
+        let size = data.len().min(buffer.len());
+        buffer[..size].copy_from_slice(&data[..size]);
+        Ok(size)
+    }
+}
+
+fn python_io_error(py: Python<'_>, error: PyErr) -> io::Error {
+    let kind =
+        if error.is_instance_of::<PyBrokenPipeError>(py) { io::ErrorKind::BrokenPipe } else { io::ErrorKind::Other };
+    io::Error::new(kind, error.to_string())
+}
+
+/// Parse Exim main logs into JSON lines on stdout, as `trackdelivery parse --format jsonl` does.
+///
+/// `inputs` are (path or "-", server) pairs; `write(bytes)` takes the output, `read(n)` gives stdin.
+/// `local_epoch(stamp)` converts times without an offset
+/// when the default zone is not UTC (None: UTC), with `now` and `year` for syslog stamps without a year.
+/// `progress(index, bytes)` is called now and then. Returns (lines, [(kind, count)], [(type, count)]).
+#[pyfunction]
+#[pyo3(signature = (inputs, events, retry_rules, schema_version, write, read=None, local_epoch=None, now=0.0, year=0, progress=None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn exim_parse_files(
+    py: Python<'_>,
+    inputs: Vec<(String, String)>,
+    events: bool,
+    retry_rules: &Bound<'_, PyAny>,
+    schema_version: i64,
+    write: Bound<'_, PyAny>,
+    read: Option<Bound<'_, PyAny>>,
+    local_epoch: Option<Bound<'_, PyAny>>,
+    now: f64,
+    year: i32,
+    progress: Option<Bound<'_, PyAny>>,
+) -> PyResult<(u64, Vec<(&'static str, u64)>, Vec<(&'static str, u64)>)> {
+    if schema_version != SCHEMA_VERSION {
+        return Err(PyValueError::new_err(format!(
+            "the native parser writes events of schema {SCHEMA_VERSION}, Python expects {schema_version}: rebuild native/"
+        )));
+    }
+    let inputs: Vec<Input> =
+        inputs.into_iter().map(|(path, server)| Input { path, server: Rc::from(server.as_str()) }).collect();
+    let mut correlator = Correlator::new(RetryRules::from_python(retry_rules)?, GRACE_SECONDS, STALE_SECONDS, false);
+    let mut classifier = Classifier::from_python(py)?;
+    let mut utc = UtcClock;
+    let mut python_clock;
+    let clock: &mut dyn LocalClock = match local_epoch {
+        Some(function) => {
+            python_clock = PythonClock { local_epoch: function, year, now, cache: HashMap::new() };
+            &mut python_clock
+        }
+        None => &mut utc,
+    };
+    let mut report = |index: usize, taken: u64| {
+        if let Some(callback) = progress.as_ref() {
+            let _ = callback.call1((index, taken));
+        }
+    };
+    let mut settings = Run {
+        events,
+        correlator: &mut correlator,
+        classifier: &mut classifier,
+        clock,
+        progress: if progress.is_some() { Some(&mut report) } else { None },
+    };
+    let mut stdout = PythonWriter { write };
+    let mut stdin = read.map(|read| PythonReader { read });
+    let stdin: Option<&mut dyn Read> = stdin.as_mut().map(|reader| reader as &mut dyn Read);
+    let summary = run(&mut settings, &inputs, stdin, &mut stdout).map_err(|failure| match failure.path {
+        _ if failure.error.kind() == io::ErrorKind::BrokenPipe => PyBrokenPipeError::new_err(failure.error.to_string()),
+        Some(path) => PyOSError::new_err(format!("cannot read {path}: {}", failure.error)),
+        None => PyOSError::new_err(format!("cannot write the output: {}", failure.error)),
+    })?;
+    Ok((
+        summary.lines,
+        summary.kinds.into_iter().map(|(kind, count)| (kind.as_str(), count)).collect(),
+        summary.event_types.into_iter().map(|(kind, count)| (kind.as_str(), count)).collect(),
+    ))
+}

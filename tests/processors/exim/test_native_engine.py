@@ -1,0 +1,221 @@
+"""The native engine of ``trackdelivery parse`` writes exactly what the Python modules write.
+
+Each test runs the real command twice, ``--engine python`` and ``--engine native``, on the same input and
+compares stdout byte for byte and the summary on stderr: over the whole corpus, generated fleets, hostile
+and mutated lines, other time zones and retry rules.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.processors.exim.corpus import REPO, corpus_dir
+
+pytestmark = pytest.mark.timeout(600)
+
+GENERATE = (sys.executable, "-m", "trackdelivery", "generate")
+
+
+def native_built() -> bool:
+    try:
+        import trackdelivery_native
+    except ImportError:
+        return False
+    return hasattr(trackdelivery_native, "exim_parse_files")
+
+
+@pytest.fixture(autouse=True)
+def _native_required() -> None:
+    if not native_built():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI builds the native engine (`make install`); it is missing")
+        pytest.skip("the native engine is not built here (make install)")
+
+
+def parse(engine: str, *args: str | Path, stdin: bytes | None = None) -> tuple[int, bytes, str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "trackdelivery", "parse", "--engine", engine, *map(str, args)],
+        input=stdin,
+        capture_output=True,
+        cwd=REPO,
+        timeout=300,
+    )
+    return result.returncode, result.stdout, result.stderr.decode()
+
+
+def assert_same(*args: str | Path, stdin: bytes | None = None) -> bytes:
+    """Both engines on the same arguments; the (equal) output."""
+    python = parse("python", *args, stdin=stdin)
+    native = parse("native", *args, stdin=stdin)
+    assert python[0] == 0, python[2]
+    assert native[0] == 0, native[2]
+    if native[1] != python[1]:
+        ours, theirs = native[1].splitlines(), python[1].splitlines()
+        first = next(
+            (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), min(len(ours), len(theirs))
+        )
+        pytest.fail(
+            f"outputs differ: native {len(ours)} lines, python {len(theirs)}; first difference at line {first + 1}:\n"
+            f"native: {ours[first][:3000] if first < len(ours) else None!r}\n"
+            f"python: {theirs[first][:3000] if first < len(theirs) else None!r}"
+        )
+    assert native[2] == python[2]
+    return native[1]
+
+
+def corpus_files() -> list[Path]:
+    return sorted(path for path in corpus_dir().rglob("*") if path.is_file() and path.name != "SOURCES.md")
+
+
+@pytest.mark.parametrize("output", ["lines", "events"])
+def test_the_whole_corpus_gives_the_same_output(output: str) -> None:
+    files = corpus_files()
+    out = assert_same("--output", output, *files)
+    assert len(out.splitlines()) > (12_000 if output == "lines" else 1_000)
+
+
+def test_one_server_for_all_corpus_files_gives_the_same_events() -> None:
+    """Every file fed as one server: message ids of different files meet in one correlator state."""
+    assert_same("--server", "one", *corpus_files())
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("fleet")
+    subprocess.run(
+        [*GENERATE, "--servers", "3", "--messages", "4000", "--out", str(out), "--seed", "7"],
+        check=True,
+        cwd=REPO,
+        capture_output=True,
+    )
+    return out
+
+
+@pytest.mark.parametrize("output", ["lines", "events"])
+def test_a_generated_fleet_gives_the_same_output(fleet: Path, output: str) -> None:
+    logs = sorted(fleet.glob("*/exim_mainlog"))
+    assert len(logs) == 3
+    out = assert_same("--output", output, *logs)
+    if output == "events":
+        types = {orjson.loads(line)["type"] for line in out.splitlines()}
+        assert {"delivered", "deferred", "bounced", "rejected"} <= types
+
+
+def test_gzip_and_stdin_give_what_the_plain_file_gives(fleet: Path, tmp_path: Path) -> None:
+    log = sorted(fleet.glob("*/exim_mainlog"))[0]
+    data = log.read_bytes()
+    compressed = tmp_path / "mainlog.gz"
+    # two gzip members, as a log rotated by appending gives
+    half = data.rfind(b"\n", 0, len(data) // 2) + 1
+    compressed.write_bytes(gzip.compress(data[:half]) + gzip.compress(data[half:]))
+    plain = assert_same("--server", "s1", log)
+    assert assert_same("--server", "s1", compressed) == plain
+    assert assert_same("--server", "s1", "-", stdin=data) == plain
+
+
+def mutate(rng: random.Random, line: bytes) -> bytes:
+    tokens = [b" ", b'"', b"\\", b"(", b")", b"<", b">", b"[", b"]", b"=", b":", b" : ", b"\x00", b"\xff", b"\xc3"]
+    tokens += [b"H=", b"R=", b'T="', b'C="', b"defer (", b"for ", b"\\n", b"\\316", b"**", b"=>", b"\t", b"\r"]
+    tokens += ["é".encode(), "\u2003".encode(), "٣".encode(), b"\x1c", b"\x85", b"\xa0", b"@", b"|"]
+    data = bytearray(line)
+    for _ in range(rng.randint(1, 6)):
+        position = rng.randint(0, len(data))
+        token = rng.choice(tokens) if rng.random() < 0.7 else rng.randbytes(rng.randint(1, 4))
+        if rng.random() < 0.5:
+            data[position:position] = token
+        else:
+            data[position : position + len(token)] = token
+    return bytes(data).replace(b"\n", b" ")
+
+
+def hostile_lines(seed: int, count: int) -> list[bytes]:
+    rng = random.Random(seed)
+    real = [
+        line
+        for path in corpus_files()
+        for line in path.read_bytes().split(b"\n")
+        if line and not path.name.endswith(".gz")
+    ]
+    lines = []
+    for _ in range(count):
+        choice = rng.random()
+        line = rng.choice(real)
+        if choice < 0.1:
+            lines.append(rng.randbytes(rng.randint(0, 200)).replace(b"\n", b""))
+        elif choice < 0.3:
+            lines.append(line[: rng.randint(0, len(line))])
+        else:
+            lines.append(mutate(rng, line))
+    lines.append(real[0] + b"x" * 100_000)
+    lines.append(real[-1] + "é".encode() * 40_000)
+    return lines
+
+
+@pytest.mark.parametrize("output", ["lines", "events"])
+def test_mutated_and_hostile_lines_give_the_same_output(tmp_path: Path, output: str) -> None:
+    log = tmp_path / "hostile.log"
+    lines = hostile_lines(seed=3, count=20_000)
+    # each mutated line also goes in beside its original's neighbours, so the correlator sees damaged
+    # lines of messages it knows
+    log.write_bytes(b"\n".join(lines) + b"\n")
+    assert_same("--output", output, log)
+
+
+def test_other_time_zones_and_syslog_stamps_give_the_same_output(tmp_path: Path) -> None:
+    log = tmp_path / "zones.log"
+    log.write_text(
+        "2025-03-30 01:59:59 1tsxAK-0000000Gk9-0aBc <= a@example.com U=alice P=local S=100 for b@example.org\n"
+        "2025-03-30 02:30:00 1tsxAK-0000000Gk9-0aBc => b@example.org R=lookuphost T=remote_smtp"
+        ' H=mx.example.org [192.0.2.1] C="250 ok"\n'
+        "2025-03-30 03:00:00 1tsxAK-0000000Gk9-0aBc Completed\n"
+        "2025-10-26 02:30:00 +0100 1tsxAL-0000000Gk9-0aBc <= c@example.com U=carl P=local S=1 for d@example.org\n"
+        "2025-10-26 02:30:00.123 1tsxAL-0000000Gk9-0aBc == d@example.org R=lookuphost T=remote_smtp defer (111):"
+        " Connection refused\n"
+        "Feb 14 18:12:33 mail exim[1234]: 2025-02-14 18:12:33 1tsxAM-0000000Gk9-0aBc <= e@x.example U=e P=local"
+        " S=5 for f@y.example\n"
+        "Feb 14 18:12:34 mail exim[1234]: 1tsxAM-0000000Gk9-0aBc ** f@y.example: Unrouteable address\n"
+        "2025-02-31 10:00:00 1tsxAN-0000000Gk9-0aBc <= g@x.example U=g P=local S=5 for h@y.example\n"
+    )
+    for zone in ("UTC", "Europe/Berlin", "America/New_York"):
+        for output in ("lines", "events"):
+            assert_same("--tz", zone, "--output", output, log)
+
+
+def test_other_retry_rules_give_the_same_events(fleet: Path) -> None:
+    log = sorted(fleet.glob("*/exim_mainlog"))[1]
+    assert_same("--retry-rules", "F,1h,10m; G,2d,30m,2.0; F,5d,8h", log)
+
+
+def test_the_native_engine_refuses_a_table() -> None:
+    code, _, stderr = parse("native", "--format", "table", "-", stdin=b"")
+    assert code == 2
+    assert "JSON lines only" in stderr
+
+
+def test_a_closed_pipe_ends_the_native_engine_quietly(fleet: Path) -> None:
+    logs = sorted(fleet.glob("*/exim_mainlog"))
+    command = (
+        f"{sys.executable} -m trackdelivery parse --engine native --output lines {' '.join(map(str, logs))} | head -1"
+    )
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, cwd=REPO, timeout=120)
+    assert result.stdout.count(b"\n") == 1
+    assert result.returncode == 0, result.stderr
+    assert b"Traceback" not in result.stderr
+
+
+def test_an_unreadable_input_is_a_clear_error(tmp_path: Path, fleet: Path) -> None:
+    log = sorted(fleet.glob("*/exim_mainlog"))[0]
+    broken = tmp_path / "broken.gz"
+    broken.write_bytes(gzip.compress(log.read_bytes())[:5000])
+    code, _, stderr = parse("native", broken)
+    assert code == 1
+    assert f"cannot read {broken}" in stderr
+    assert "Traceback" not in stderr
