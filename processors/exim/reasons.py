@@ -52,13 +52,33 @@ class Classification:
 EnhancedPattern = tuple[int | None, ...]  # e.g. (5, 1, 1); None matches any component; shorter = prefix
 
 
+class RulePattern:
+    """A rule's regular expression, compiled on first use: the classifier matches the alternatives of
+    the source one by one, and a process that hands the table to the native classifier compiles none."""
+
+    __slots__ = ("_compiled", "flags", "pattern")
+
+    def __init__(self, pattern: str, flags: int) -> None:
+        self.pattern = pattern
+        self.flags = flags
+        self._compiled: re.Pattern[str] | None = None
+
+    def compiled(self) -> re.Pattern[str]:
+        if self._compiled is None:
+            self._compiled = re.compile(self.pattern, self.flags)
+        return self._compiled
+
+    def search(self, text: str) -> re.Match[str] | None:
+        return self.compiled().search(text)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One row of the table. Every condition that is set must hold; unset conditions match anything."""
 
     name: str
     reason: Reason
-    pattern: re.Pattern[str] | None = None  # on the lower-cased text; see the module docstring
+    pattern: RulePattern | None = None  # on the lower-cased text; see the module docstring
     code_classes: frozenset[int] = frozenset()  # 4, 5 (from the basic code, else the enhanced code)
     codes: frozenset[int] = frozenset()  # exact basic SMTP codes
     enhanced: tuple[EnhancedPattern, ...] = ()  # any of these
@@ -88,7 +108,7 @@ def _rule(
     pattern = None
     if text is not None:
         source = text if isinstance(text, str) else "|".join(text)
-        pattern = re.compile(r"\b(?:" + source + ")", re.ASCII)
+        pattern = RulePattern(r"\b(?:" + source + ")", re.ASCII)
     return Rule(
         name=name,
         reason=reason,
@@ -848,15 +868,15 @@ _Trigger = tuple[int, int]  # (rule index, alternative index)
 
 
 def _build_triggers() -> tuple[
-    tuple[tuple[re.Pattern[str], ...], ...],
+    tuple[tuple[str, ...], ...],
     dict[bytes, tuple[_Trigger, ...]],
     dict[bytes, tuple[tuple[str, tuple[_Trigger, ...]], ...]],
 ]:
-    alternatives: list[tuple[re.Pattern[str], ...]] = []
+    alternatives: list[tuple[str, ...]] = []
     whole: dict[bytes, list[_Trigger]] = {}
     prefix: dict[str, list[_Trigger]] = {}
     for index, rule in enumerate(RULES):
-        compiled: list[re.Pattern[str]] = []
+        sources: list[str] = []
         if rule.pattern is not None:
             source = rule.pattern.pattern[len(r"\b(?:") : -1]
             for number, alternative in enumerate(_top_level_alternatives(source)):
@@ -865,9 +885,8 @@ def _build_triggers() -> tuple[
                     whole.setdefault(word.encode(), []).append((index, number))
                 else:
                     prefix.setdefault(word, []).append((index, number))
-                # without the leading \b sre keeps its fast literal-prefix scan; _found checks the boundary
-                compiled.append(re.compile(alternative, re.ASCII))
-        alternatives.append(tuple(compiled))
+                sources.append(alternative)
+        alternatives.append(tuple(sources))
     by_stem: dict[bytes, list[tuple[str, tuple[_Trigger, ...]]]] = {}
     for word, triggers in prefix.items():
         by_stem.setdefault(word[:3].encode(), []).append((word, tuple(triggers)))
@@ -880,7 +899,7 @@ def _build_triggers() -> tuple[
 
 # A text rule can only match if a token equals the trigger word of one of its alternatives, or starts
 # with it when the word may continue (looked up by its first three characters, confirmed on the text).
-_ALTERNATIVES, _WHOLE_TRIGGERS, _PREFIX_TRIGGERS = _build_triggers()
+_ALTERNATIVE_SOURCES, _WHOLE_TRIGGERS, _PREFIX_TRIGGERS = _build_triggers()
 _WHOLE_TRIGGER_WORDS = frozenset(_WHOLE_TRIGGERS)
 _PREFIX_STEMS = frozenset(_PREFIX_TRIGGERS)
 _STEM = operator.itemgetter(slice(None, 3))
@@ -895,6 +914,20 @@ def _triggered(lowered: str) -> list[_Trigger]:
                 hits.extend(triggers)
     hits.sort()
     return hits
+
+
+_compiled_alternatives: dict[tuple[int, int], re.Pattern[str]] = {}
+
+
+def _alternative(index: int, number: int) -> re.Pattern[str]:
+    """One alternative of a rule's pattern, compiled on first use (a process that only hands the table
+    to the native classifier never needs them). Without the leading ``\\b`` sre keeps its fast
+    literal-prefix scan; ``_found`` checks the boundary."""
+    pattern = _compiled_alternatives.get((index, number))
+    if pattern is None:
+        pattern = re.compile(_ALTERNATIVE_SOURCES[index][number], re.ASCII)
+        _compiled_alternatives[(index, number)] = pattern
+    return pattern
 
 
 def _found(pattern: re.Pattern[str], lowered: str) -> bool:
@@ -1116,10 +1149,10 @@ def _classify(
         return plan.floor
     if len(plan.text_rules) <= _DIRECT_RULES:  # e.g. an errno that decides: skip tokenising
         for index in sorted(plan.text_rules):
-            if any(_found(alternative, lowered) for alternative in _ALTERNATIVES[index]):
+            if any(_found(_alternative(index, number), lowered) for number in range(len(_ALTERNATIVE_SOURCES[index]))):
                 return _RESULTS[index]
         return plan.floor
     for index, alternative in _triggered(lowered):
-        if index in plan.text_rules and _found(_ALTERNATIVES[index][alternative], lowered):
+        if index in plan.text_rules and _found(_alternative(index, alternative), lowered):
             return _RESULTS[index]
     return plan.floor

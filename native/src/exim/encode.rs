@@ -24,6 +24,29 @@ static NEEDS_ESCAPE: [bool; 256] = {
     table
 };
 
+/// Index of the first byte that needs an escape, eight bytes at a time.
+fn first_escape(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let mut index = 0;
+    while index + 8 <= bytes.len() {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[index..index + 8]);
+        let word = u64::from_le_bytes(word);
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        // a byte below 0x20, or equal to '"' or '\\' (the zero-byte test; high bytes excluded)
+        let hits = (word.wrapping_sub(ONES * 0x20) | quote.wrapping_sub(ONES) | backslash.wrapping_sub(ONES))
+            & !word
+            & HIGHS;
+        if hits != 0 {
+            break; // the exact position is found below (the test can flag a byte after a real hit)
+        }
+        index += 8;
+    }
+    bytes[index..].iter().position(|&byte| NEEDS_ESCAPE[byte as usize]).map(|offset| index + offset)
+}
+
 /// A JSON string as orjson writes it: short escapes for `\b \t \n \f \r`, `\u00XX` for the other
 /// control characters, everything else (DEL and non-ASCII included) as UTF-8.
 pub fn push_str(out: &mut Vec<u8>, text: &str) {
@@ -31,7 +54,7 @@ pub fn push_str(out: &mut Vec<u8>, text: &str) {
     out.reserve(bytes.len() + 2);
     out.push(b'"');
     let mut start = 0;
-    while let Some(offset) = bytes[start..].iter().position(|&byte| NEEDS_ESCAPE[byte as usize]) {
+    while let Some(offset) = first_escape(&bytes[start..]) {
         let index = start + offset;
         out.extend_from_slice(&bytes[start..index]);
         let byte = bytes[index];
@@ -64,8 +87,9 @@ pub fn push_float(out: &mut Vec<u8>, value: f64) {
         out.extend_from_slice(b"null");
         return;
     }
-    if value.fract() == 0.0 && value.abs() < WHOLE_FAST_LIMIT && !(value == 0.0 && value.is_sign_negative()) {
-        push_int(out, value as i64);
+    let whole = value as i64; // saturating; exact below 2^53
+    if whole as f64 == value && value.abs() < WHOLE_FAST_LIMIT && !(value == 0.0 && value.is_sign_negative()) {
+        push_int(out, whole);
         out.extend_from_slice(b".0");
         return;
     }
@@ -80,17 +104,35 @@ pub fn push_float(out: &mut Vec<u8>, value: f64) {
     }
 }
 
+/// "00" to "99", for writing two digits at a time.
+static DIGIT_PAIRS: [u8; 200] = {
+    let mut table = [0u8; 200];
+    let mut pair = 0;
+    while pair < 100 {
+        table[pair * 2] = b'0' + (pair / 10) as u8;
+        table[pair * 2 + 1] = b'0' + (pair % 10) as u8;
+        pair += 1;
+    }
+    table
+};
+
 pub fn push_int(out: &mut Vec<u8>, value: i64) {
     let mut digits = [0u8; 20];
     let mut at = digits.len();
     let mut rest = value.unsigned_abs();
-    loop {
+    while rest >= 100 {
+        let pair = (rest % 100) as usize * 2;
+        rest /= 100;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if rest >= 10 {
+        let pair = rest as usize * 2;
+        at -= 2;
+        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
         at -= 1;
-        digits[at] = b'0' + (rest % 10) as u8;
-        rest /= 10;
-        if rest == 0 {
-            break;
-        }
+        digits[at] = b'0' + rest as u8;
     }
     if value < 0 {
         out.push(b'-');
@@ -98,14 +140,18 @@ pub fn push_int(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-fn push_key(out: &mut Vec<u8>, key: &str) {
-    out.push(b',');
-    out.push(b'"');
-    out.extend_from_slice(key.as_bytes());
-    out.extend_from_slice(b"\":");
+/// `,"name":` as one literal.
+macro_rules! key {
+    ($name:literal) => {
+        concat!(",\"", $name, "\":").as_bytes()
+    };
 }
 
-fn field_text(out: &mut Vec<u8>, key: &str, value: &Option<Text>) {
+fn push_key(out: &mut Vec<u8>, key: &[u8]) {
+    out.extend_from_slice(key);
+}
+
+fn field_text(out: &mut Vec<u8>, key: &[u8], value: &Option<Text>) {
     push_key(out, key);
     match value {
         Some(text) => push_str(out, text),
@@ -113,7 +159,7 @@ fn field_text(out: &mut Vec<u8>, key: &str, value: &Option<Text>) {
     }
 }
 
-fn field_float(out: &mut Vec<u8>, key: &str, value: Option<f64>) {
+fn field_float(out: &mut Vec<u8>, key: &[u8], value: Option<f64>) {
     push_key(out, key);
     match value {
         Some(number) => push_float(out, number),
@@ -121,7 +167,7 @@ fn field_float(out: &mut Vec<u8>, key: &str, value: Option<f64>) {
     }
 }
 
-fn field_int(out: &mut Vec<u8>, key: &str, value: Option<i64>) {
+fn field_int(out: &mut Vec<u8>, key: &[u8], value: Option<i64>) {
     push_key(out, key);
     match value {
         Some(number) => push_int(out, number),
@@ -132,10 +178,10 @@ fn field_int(out: &mut Vec<u8>, key: &str, value: Option<i64>) {
 fn push_retry(out: &mut Vec<u8>, retry: &RetryState) {
     out.extend_from_slice(b",\"retry\":{\"attempt\":");
     push_int(out, retry.attempt);
-    field_float(out, "first_attempt", retry.first_attempt);
-    field_float(out, "last_attempt", retry.last_attempt);
-    field_float(out, "next_retry", retry.next_retry);
-    field_float(out, "give_up", retry.give_up);
+    field_float(out, key!("first_attempt"), retry.first_attempt);
+    field_float(out, key!("last_attempt"), retry.last_attempt);
+    field_float(out, key!("next_retry"), retry.next_retry);
+    field_float(out, key!("give_up"), retry.give_up);
     out.push(b'}');
 }
 
@@ -143,54 +189,54 @@ fn push_retry(out: &mut Vec<u8>, retry: &RetryState) {
 pub fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent) {
     out.extend_from_slice(b"{\"v\":");
     push_int(out, SCHEMA_VERSION);
-    push_key(out, "type");
+    push_key(out, key!("type"));
     push_str(out, event.kind.as_str());
-    push_key(out, "server");
+    push_key(out, key!("server"));
     push_str(out, &event.server);
-    field_text(out, "msgid", &event.msgid);
-    push_key(out, "time");
+    field_text(out, key!("msgid"), &event.msgid);
+    push_key(out, key!("time"));
     push_float(out, event.time);
-    field_text(out, "recipient", &event.recipient);
-    field_text(out, "original_recipient", &event.original_recipient);
-    field_text(out, "recipient_domain", &event.recipient_domain);
-    field_float(out, "arrival_time", event.arrival_time);
-    field_text(out, "sender", &event.sender);
-    field_text(out, "sender_domain", &event.sender_domain);
-    field_text(out, "cpanel_user", &event.cpanel_user);
-    field_text(out, "auth_id", &event.auth_id);
-    field_text(out, "client_host", &event.client_host);
-    field_text(out, "client_ip", &event.client_ip);
-    field_text(out, "protocol", &event.protocol);
-    field_float(out, "spam_score", event.spam_score);
-    field_int(out, "size", event.size);
-    field_text(out, "subject", &event.subject);
-    field_text(out, "message_id_header", &event.message_id_header);
-    field_text(out, "router", &event.router);
-    field_text(out, "transport", &event.transport);
-    field_text(out, "remote_host", &event.remote_host);
-    field_text(out, "remote_ip", &event.remote_ip);
-    field_text(out, "tls", &event.tls);
-    field_text(out, "response", &event.response);
-    field_int(out, "smtp_code", event.smtp_code);
-    field_text(out, "enhanced_code", &event.enhanced_code);
-    field_text(out, "smtp_phase", &event.smtp_phase);
-    field_int(out, "exim_errno", event.exim_errno);
-    push_key(out, "reason");
+    field_text(out, key!("recipient"), &event.recipient);
+    field_text(out, key!("original_recipient"), &event.original_recipient);
+    field_text(out, key!("recipient_domain"), &event.recipient_domain);
+    field_float(out, key!("arrival_time"), event.arrival_time);
+    field_text(out, key!("sender"), &event.sender);
+    field_text(out, key!("sender_domain"), &event.sender_domain);
+    field_text(out, key!("cpanel_user"), &event.cpanel_user);
+    field_text(out, key!("auth_id"), &event.auth_id);
+    field_text(out, key!("client_host"), &event.client_host);
+    field_text(out, key!("client_ip"), &event.client_ip);
+    field_text(out, key!("protocol"), &event.protocol);
+    field_float(out, key!("spam_score"), event.spam_score);
+    field_int(out, key!("size"), event.size);
+    field_text(out, key!("subject"), &event.subject);
+    field_text(out, key!("message_id_header"), &event.message_id_header);
+    field_text(out, key!("router"), &event.router);
+    field_text(out, key!("transport"), &event.transport);
+    field_text(out, key!("remote_host"), &event.remote_host);
+    field_text(out, key!("remote_ip"), &event.remote_ip);
+    field_text(out, key!("tls"), &event.tls);
+    field_text(out, key!("response"), &event.response);
+    field_int(out, key!("smtp_code"), event.smtp_code);
+    field_text(out, key!("enhanced_code"), &event.enhanced_code);
+    field_text(out, key!("smtp_phase"), &event.smtp_phase);
+    field_int(out, key!("exim_errno"), event.exim_errno);
+    push_key(out, key!("reason"));
     match event.reason {
         Some(reason) => push_str(out, reason.as_str()),
         None => out.extend_from_slice(b"null"),
     }
-    field_text(out, "hint", &event.hint);
+    field_text(out, key!("hint"), &event.hint);
     push_retry(out, &event.retry);
-    field_text(out, "bounce_msgid", &event.bounce_msgid);
-    field_text(out, "parent_msgid", &event.parent_msgid);
-    field_text(out, "delivered_to", &event.delivered_to);
-    push_key(out, "event_id");
+    field_text(out, key!("bounce_msgid"), &event.bounce_msgid);
+    field_text(out, key!("parent_msgid"), &event.parent_msgid);
+    field_text(out, key!("delivered_to"), &event.delivered_to);
+    push_key(out, key!("event_id"));
     push_str(out, &event.event_id);
     out.push(b'}');
 }
 
-fn line_text(out: &mut Vec<u8>, key: &str, value: &Option<Cow<'_, str>>) {
+fn line_text(out: &mut Vec<u8>, key: &[u8], value: &Option<Cow<'_, str>>) {
     if let Some(text) = value {
         if !text.is_empty() {
             push_key(out, key);
@@ -199,21 +245,21 @@ fn line_text(out: &mut Vec<u8>, key: &str, value: &Option<Cow<'_, str>>) {
     }
 }
 
-fn line_int(out: &mut Vec<u8>, key: &str, value: Option<i64>) {
+fn line_int(out: &mut Vec<u8>, key: &[u8], value: Option<i64>) {
     if let Some(number) = value {
         push_key(out, key);
         push_int(out, number);
     }
 }
 
-fn line_float(out: &mut Vec<u8>, key: &str, value: Option<f64>) {
+fn line_float(out: &mut Vec<u8>, key: &[u8], value: Option<f64>) {
     if let Some(number) = value {
         push_key(out, key);
         push_float(out, number);
     }
 }
 
-fn line_list(out: &mut Vec<u8>, key: &str, values: &[Cow<'_, str>]) {
+fn line_list(out: &mut Vec<u8>, key: &[u8], values: &[Cow<'_, str>]) {
     if values.is_empty() {
         return;
     }
@@ -233,57 +279,57 @@ fn line_list(out: &mut Vec<u8>, key: &str, values: &[Cow<'_, str>]) {
 pub fn push_line(out: &mut Vec<u8>, number: u64, server: &str, line: &ParsedLine<'_>) {
     out.extend_from_slice(b"{\"line\":");
     push_int(out, i64::try_from(number).unwrap_or(i64::MAX));
-    push_key(out, "server");
+    push_key(out, key!("server"));
     push_str(out, server);
-    push_key(out, "kind");
+    push_key(out, key!("kind"));
     push_str(out, line.kind.as_str());
-    push_key(out, "msgid");
+    push_key(out, key!("msgid"));
     match &line.msgid {
         Some(msgid) => push_str(out, msgid),
         None => out.extend_from_slice(b"null"),
     }
     if !line.raw.is_empty() {
-        push_key(out, "raw");
+        push_key(out, key!("raw"));
         push_str(out, &line.raw);
     }
-    line_float(out, "time", line.time);
-    line_int(out, "pid", line.pid);
-    line_text(out, "address", &line.address);
-    line_list(out, "parents", &line.parents);
-    line_text(out, "sender", &line.sender);
-    line_list(out, "recipients", &line.recipients);
-    line_text(out, "router", &line.router);
-    line_text(out, "transport", &line.transport);
-    line_text(out, "bounce_parent", &line.bounce_parent);
-    line_text(out, "host", &line.host);
-    line_text(out, "helo", &line.helo);
-    line_text(out, "host_ip", &line.host_ip);
-    line_int(out, "host_port", line.host_port);
+    line_float(out, key!("time"), line.time);
+    line_int(out, key!("pid"), line.pid);
+    line_text(out, key!("address"), &line.address);
+    line_list(out, key!("parents"), &line.parents);
+    line_text(out, key!("sender"), &line.sender);
+    line_list(out, key!("recipients"), &line.recipients);
+    line_text(out, key!("router"), &line.router);
+    line_text(out, key!("transport"), &line.transport);
+    line_text(out, key!("bounce_parent"), &line.bounce_parent);
+    line_text(out, key!("host"), &line.host);
+    line_text(out, key!("helo"), &line.helo);
+    line_text(out, key!("host_ip"), &line.host_ip);
+    line_int(out, key!("host_port"), line.host_port);
     if line.host_reused {
         out.extend_from_slice(b",\"host_reused\":true");
     }
-    line_text(out, "interface_ip", &line.interface_ip);
-    line_text(out, "user", &line.user);
-    line_text(out, "auth", &line.auth);
-    line_text(out, "protocol", &line.protocol);
-    line_int(out, "size", line.size);
-    line_text(out, "subject", &line.subject);
-    line_text(out, "message_id_header", &line.message_id_header);
-    line_text(out, "tls", &line.tls);
-    line_text(out, "confirmation", &line.confirmation);
-    line_int(out, "errno", line.errno);
-    line_text(out, "error", &line.error);
-    line_int(out, "smtp_code", line.smtp_code);
-    line_text(out, "enhanced_code", &line.enhanced_code);
-    line_text(out, "smtp_phase", &line.smtp_phase);
-    line_float(out, "spam_score", line.spam_score);
+    line_text(out, key!("interface_ip"), &line.interface_ip);
+    line_text(out, key!("user"), &line.user);
+    line_text(out, key!("auth"), &line.auth);
+    line_text(out, key!("protocol"), &line.protocol);
+    line_int(out, key!("size"), line.size);
+    line_text(out, key!("subject"), &line.subject);
+    line_text(out, key!("message_id_header"), &line.message_id_header);
+    line_text(out, key!("tls"), &line.tls);
+    line_text(out, key!("confirmation"), &line.confirmation);
+    line_int(out, key!("errno"), line.errno);
+    line_text(out, key!("error"), &line.error);
+    line_int(out, key!("smtp_code"), line.smtp_code);
+    line_text(out, key!("enhanced_code"), &line.enhanced_code);
+    line_text(out, key!("smtp_phase"), &line.smtp_phase);
+    line_float(out, key!("spam_score"), line.spam_score);
     if line.is_spam == Some(true) {
         out.extend_from_slice(b",\"is_spam\":true");
     }
-    line_text(out, "cpanel_domain", &line.cpanel_domain);
-    line_text(out, "detail", &line.detail);
+    line_text(out, key!("cpanel_domain"), &line.cpanel_domain);
+    line_text(out, key!("detail"), &line.detail);
     if !line.extra.is_empty() {
-        push_key(out, "extra");
+        push_key(out, key!("extra"));
         out.push(b'{');
         for (index, (key, value)) in line.extra.iter().enumerate() {
             if index > 0 {

@@ -446,6 +446,7 @@ def test_rule_table_is_sane():
         assert rule.phases <= PHASES
         if rule.pattern is not None:
             assert rule.pattern.flags & re.ASCII
+            assert rule.pattern.compiled().pattern == rule.pattern.pattern
             # written in lower case (the text is lower-cased); upper case only in escapes like \S
             assert not re.search(r"(?<!\\)[A-Z]", rule.pattern.pattern), rule.name
         else:
