@@ -1,6 +1,10 @@
 """Feed the Exim line parser N generated hostile inputs; count kinds and exceptions.
 
-Usage: python bench/fuzz_parser.py [--inputs 1000000] [--seed 1] [--corpus DIR]
+Usage: python bench/fuzz_parser.py [--inputs 1000000] [--seed 1] [--corpus DIR] [--engine python|native]
+
+``--engine native`` writes the inputs to one file (a newline inside an input splits it) and runs the real
+``trackdelivery parse --engine native`` on it twice, ``--output lines`` and ``--output events``: both
+must exit 0 and account for every line.
 Inputs: random bytes, corpus lines truncated / mutated / with NUL and invalid UTF-8 spliced in,
 and occasional 100 KB to 1 MB lines. The last line printed is a JSON summary.
 """
@@ -11,7 +15,9 @@ import argparse
 import json
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections import Counter
@@ -96,9 +102,12 @@ def main() -> int:
         Path(__file__).resolve().parents[2] / "shared" / "corpus"
     )
     parser.add_argument("--corpus", default=default_corpus)
+    parser.add_argument("--engine", choices=["python", "native"], default="python")
     args = parser.parse_args()
     rng = random.Random(args.seed)
     corpus = load_corpus(Path(args.corpus)) if Path(args.corpus).is_dir() else FALLBACK
+    if args.engine == "native":
+        return fuzz_native(rng, corpus, args.inputs)
     kinds: Counter[str] = Counter()
     exceptions = 0
     internal_errors = 0
@@ -151,6 +160,40 @@ def main() -> int:
         )
     )
     return 1 if exceptions or internal_errors or unbounded else 0
+
+
+def fuzz_native(rng: random.Random, corpus: list[bytes], inputs: int) -> int:
+    """The native engine on every input, in one real process per output kind."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "fuzz.log"
+        with path.open("wb") as file:
+            for _ in range(inputs):
+                file.write(generate(rng, corpus) + b"\n")
+        lines = path.read_bytes().count(b"\n")
+        failures = 0
+        results: dict[str, object] = {"bench": "fuzz_parser", "engine": "native", "inputs": inputs, "lines": lines}
+        for output in ("lines", "events"):
+            start = time.perf_counter()
+            run = subprocess.run(
+                [sys.executable, "-m", "trackdelivery", "parse", "--engine", "native", "--output", output, str(path)],
+                capture_output=True,
+                cwd=Path(__file__).resolve().parents[1],
+            )
+            elapsed = time.perf_counter() - start
+            summary = run.stderr.decode(errors="replace").strip().splitlines()
+            counted = summary[-1].startswith(f"{lines} lines") if summary else False
+            written = run.stdout.count(b"\n")
+            ok = run.returncode == 0 and counted and (output != "lines" or written == lines)
+            failures += not ok
+            print(f"--output {output}: exit {run.returncode}, {written} records, {elapsed:.1f} s; {summary[-1:]}")
+            if not ok:
+                print(run.stderr.decode(errors="replace")[-3000:], file=sys.stderr)
+            results[f"{output}_exit"] = run.returncode
+            results[f"{output}_records"] = written
+            results[f"{output}_seconds"] = round(elapsed, 1)
+        results["failures"] = failures
+        print(json.dumps(results))
+        return 1 if failures else 0
 
 
 if __name__ == "__main__":

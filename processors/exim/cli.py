@@ -227,9 +227,8 @@ def _timezone(_ctx: click.Context, _param: click.Parameter, value: str) -> datet
 @click.option(
     "--engine",
     type=click.Choice(["auto", "native", "python"]),
-    default="auto",
-    show_default=True,
-    envvar="TRACKDELIVERY_PARSE_ENGINE",
+    default=lambda: os.environ.get("TRACKDELIVERY_PARSE_ENGINE", "auto"),
+    show_default="auto, or TRACKDELIVERY_PARSE_ENGINE",
     help="native: the Rust pipeline (JSON lines only); python: the reference modules; auto: native when built.",
 )
 def parse(
