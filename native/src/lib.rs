@@ -633,6 +633,7 @@ impl RowDecoder {
 fn trackdelivery_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add_class::<RowDecoder>()?;
     module.add_function(wrap_pyfunction!(exim::python::exim_parse_files, module)?)?;
+    module.add_function(wrap_pyfunction!(exim::python::exim_event_id, module)?)?;
     module.add_class::<exim::reasons::NativeClassifier>()?;
     module.add_class::<exim::correlator::probe::NativeCorrelatorProbe>()?;
     module.add_function(wrap_pyfunction!(exim::parser_hook::exim_parse_line_fields, module)?)?;

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use indexmap::{Equivalent, IndexMap};
 
@@ -63,14 +63,37 @@ fn lower_as_unicode_14(text: &str) -> String {
     lowered
 }
 
+/// Whether ASCII `bytes` has no upper-case letter and no byte above 0x7f (eight bytes at a time).
+fn is_lower_ascii(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let word_is_lower = |word: u64| {
+        if word & HIGH != 0 {
+            return false;
+        }
+        // per byte (all below 0x80): at least 'A' and at most 'Z'
+        let at_least_a = word.wrapping_add(ONES * u64::from(0x80 - b'A'));
+        let above_z = word.wrapping_add(ONES * u64::from(0x80 - b'Z' - 1));
+        at_least_a & !above_z & HIGH == 0
+    };
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        if !word_is_lower(u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]))) {
+            return false;
+        }
+    }
+    let rest = chunks.remainder();
+    let mut tail = [0u8; 8];
+    tail[..rest.len()].copy_from_slice(rest);
+    word_is_lower(u64::from_le_bytes(tail))
+}
+
 /// `str.lower()` (Python 3.11), borrowing when nothing changes.
 pub fn py_lower(text: &str) -> Cow<'_, str> {
-    if text.is_ascii() {
-        if text.bytes().any(|byte| byte.is_ascii_uppercase()) {
-            Cow::Owned(text.to_ascii_lowercase())
-        } else {
-            Cow::Borrowed(text)
-        }
+    if is_lower_ascii(text.as_bytes()) {
+        Cow::Borrowed(text)
+    } else if text.is_ascii() {
+        Cow::Owned(text.to_ascii_lowercase())
     } else {
         let lowered =
             if text.chars().any(is_newer_uppercase) { lower_as_unicode_14(text) } else { text.to_lowercase() };
@@ -79,14 +102,6 @@ pub fn py_lower(text: &str) -> Cow<'_, str> {
         } else {
             Cow::Owned(lowered)
         }
-    }
-}
-
-/// `text.lower()` as shared text, reusing `text` when it is lower case already.
-fn lower_text(text: &Text) -> Text {
-    match py_lower(text) {
-        Cow::Borrowed(_) => text.clone(),
-        Cow::Owned(lowered) => Text::from(lowered),
     }
 }
 
@@ -104,17 +119,6 @@ fn is_truthy(text: &Option<Text>) -> bool {
 
 fn to_text(value: &Option<Cow<'_, str>>) -> Option<Text> {
     value.as_deref().map(Text::from)
-}
-
-/// `_domain`: the lower-case part after the last `@`, None when there is none.
-fn domain(address: Option<&str>) -> Option<Text> {
-    let address = address.filter(|address| !address.is_empty())?;
-    let at = address.rfind('@')?;
-    let part = &address[at + 1..];
-    if part.is_empty() {
-        return None;
-    }
-    Some(Text::from(py_lower(part).as_ref()))
 }
 
 fn strip_parent(parent: &str) -> &str {
@@ -170,7 +174,7 @@ impl Interner {
     /// `_domain` through the cache.
     fn domain(&mut self, address: Option<&str>) -> Option<Text> {
         let address = address.filter(|address| !address.is_empty())?;
-        let at = address.rfind('@')?;
+        let at = address.as_bytes().iter().rposition(|&byte| byte == b'@')?;
         let part = &address[at + 1..];
         if part.is_empty() {
             return None;
@@ -195,20 +199,19 @@ fn push_integer(buffer: &mut String, number: i64) {
     if number < 0 {
         buffer.push('-');
     }
-    for &digit in &digits[at..] {
-        buffer.push(digit as char);
-    }
+    buffer.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// Per-correlator buffers: the text cache and the event id buffer.
 struct Scratch {
     interner: Interner,
     id_buffer: String,
+    discriminator: String,
 }
 
 impl Scratch {
     fn new() -> Self {
-        Scratch { interner: Interner::new(), id_buffer: String::with_capacity(256) }
+        Scratch { interner: Interner::new(), id_buffer: String::with_capacity(256), discriminator: String::new() }
     }
 
     /// `DeliveryEvent.__post_init__`'s id.
@@ -239,6 +242,78 @@ fn quick_hash(bytes: &[u8]) -> u64 {
     hash = (hash.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(SEED);
     hash ^ (hash >> 29)
 }
+
+/// `a * b` folded to 64 bits (foldhash's mixing step).
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let product = u128::from(a) * u128::from(b);
+    (product as u64) ^ ((product >> 64) as u64)
+}
+
+/// A fast keyed hasher for the correlator's maps (SipHash costs more than the rest of a lookup); the
+/// key is random per process, so that crafted log lines cannot pick colliding keys in advance.
+#[derive(Clone, Copy)]
+struct FastHasher(u64);
+
+const FAST_MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+
+impl Hasher for FastHasher {
+    fn finish(&self) -> u64 {
+        folded_multiply(self.0, FAST_MUL)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut state = self.0;
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
+            state = folded_multiply(state ^ word, FAST_MUL ^ 0x2d35_8dcc_aa6c_78a5);
+        }
+        let rest = chunks.remainder();
+        let mut tail = [0u8; 8];
+        tail[..rest.len()].copy_from_slice(rest);
+        state = folded_multiply(state ^ u64::from_le_bytes(tail), (bytes.len() as u64) ^ 0x8bb8_4b93_962e_acc9);
+        self.0 = state;
+    }
+
+    fn write_u8(&mut self, value: u8) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u32(&mut self, value: u32) {
+        self.write_u64(u64::from(value));
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = folded_multiply(self.0 ^ value, 0x4b33_a62e_d433_d4a3);
+    }
+
+    fn write_usize(&mut self, value: usize) {
+        self.write_u64(value as u64);
+    }
+}
+
+/// Builds `FastHasher`s with this process's key.
+#[derive(Clone, Copy)]
+struct FastState(u64);
+
+impl Default for FastState {
+    fn default() -> Self {
+        thread_local! {
+            static KEY: u64 = std::collections::hash_map::RandomState::new().hash_one(0x5eed_u64) | 1;
+        }
+        FastState(KEY.with(|key| *key))
+    }
+}
+
+impl BuildHasher for FastState {
+    type Hasher = FastHasher;
+
+    fn build_hasher(&self) -> FastHasher {
+        FastHasher(self.0)
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, FastState>;
 
 /// `make_event_id` (the same bytes hashed, the same hex), with a reused buffer and whole-second
 /// times written without float formatting.
@@ -272,12 +347,12 @@ fn event_id(
     let mut digest = [0u8; 12];
     hasher.finalize_variable(&mut digest).expect("the buffer is the output size");
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = String::with_capacity(24);
-    for byte in digest {
-        hex.push(DIGITS[(byte >> 4) as usize] as char);
-        hex.push(DIGITS[(byte & 15) as usize] as char);
+    let mut hex = [0u8; 24];
+    for (pair, byte) in hex.chunks_exact_mut(2).zip(digest) {
+        pair[0] = DIGITS[(byte >> 4) as usize];
+        pair[1] = DIGITS[(byte & 15) as usize];
     }
-    hex
+    String::from(std::str::from_utf8(&hex).unwrap_or_default())
 }
 
 /// `_rcpt_in_error`: the address of `RCPT TO:<address>` in a per-host error, lower case.
@@ -292,10 +367,10 @@ fn rcpt_in_error(text: Option<&str>) -> Option<Text> {
     Some(Text::from(py_lower(&rest[..end]).as_ref()))
 }
 
-/// `_auth_id`: the id of `authenticator:id`, else the whole value.
-fn auth_id(auth: Option<&str>) -> Option<Text> {
+/// `_auth_id`: the id of `authenticator:id`, else the whole value (shared through the text cache).
+fn auth_id(interner: &mut Interner, auth: Option<&str>) -> Option<Text> {
     let auth = auth.filter(|auth| !auth.is_empty())?;
-    Some(Text::from(match auth.split_once(':') {
+    Some(interner.intern(match auth.split_once(':') {
         Some((_, ident)) if !ident.is_empty() => ident,
         Some((name, _)) => name,
         None => auth,
@@ -533,7 +608,7 @@ impl<'a, T> IntoIterator for &'a InlineVec<T> {
 #[derive(Clone, Debug, Default)]
 struct Recipients {
     entries: InlineVec<(Text, RecipientState)>,
-    index: Option<HashMap<Text, usize>>,
+    index: Option<Box<FastMap<Text, usize>>>,
 }
 
 impl Recipients {
@@ -564,10 +639,10 @@ impl Recipients {
         if let Some(index) = &mut self.index {
             index.insert(key.clone(), position);
         } else if position >= LINEAR_RECIPIENTS {
-            let mut index: HashMap<Text, usize> =
+            let mut index: FastMap<Text, usize> =
                 self.entries.iter().enumerate().map(|(at, (name, _))| (name.clone(), at)).collect();
             index.insert(key.clone(), position);
-            self.index = Some(index);
+            self.index = Some(Box::new(index));
         }
         self.entries.push((key, state));
         position
@@ -608,6 +683,8 @@ impl HostError {
 
 #[derive(Clone, Debug, Default)]
 struct MessageState {
+    /// The message id, shared by the message's events.
+    msgid: Option<Text>,
     arrival: Arrival,
     arrived: bool,
     listed: InlineVec<Listed>,
@@ -667,10 +744,50 @@ fn all_final(state: &MessageState) -> bool {
 
 // -- the store ----------------------------------------------------------------------------------------------
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct MessageKey {
-    server: u32,
-    msgid: Text,
+/// Message ids up to this long are kept in the key itself (Exim's are 16 or 23 characters).
+const INLINE_MSGID: usize = 23;
+
+/// The store key: the server's number and the message id, inline when short (no pointer to follow).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum MessageKey {
+    Inline { server: u32, len: u8, bytes: [u8; INLINE_MSGID] },
+    Long { server: u32, msgid: Box<str> },
+}
+
+impl MessageKey {
+    fn new(server: u32, msgid: &str) -> Self {
+        if msgid.len() <= INLINE_MSGID {
+            let mut bytes = [0u8; INLINE_MSGID];
+            bytes[..msgid.len()].copy_from_slice(msgid.as_bytes());
+            MessageKey::Inline { server, len: msgid.len() as u8, bytes }
+        } else {
+            MessageKey::Long { server, msgid: Box::from(msgid) }
+        }
+    }
+
+    fn server(&self) -> u32 {
+        match self {
+            MessageKey::Inline { server, .. } | MessageKey::Long { server, .. } => *server,
+        }
+    }
+
+    fn msgid(&self) -> &[u8] {
+        match self {
+            MessageKey::Inline { len, bytes, .. } => &bytes[..*len as usize],
+            MessageKey::Long { msgid, .. } => msgid.as_bytes(),
+        }
+    }
+}
+
+fn hash_key<H: Hasher>(server: u32, msgid: &[u8], state: &mut H) {
+    state.write_u32(server);
+    state.write(msgid);
+}
+
+impl Hash for MessageKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        hash_key(self.server(), self.msgid(), state);
+    }
 }
 
 struct MessageKeyRef<'a> {
@@ -680,20 +797,18 @@ struct MessageKeyRef<'a> {
 
 impl Hash for MessageKeyRef<'_> {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        // the same as the derived Hash of MessageKey (Rc<str> hashes as str)
-        self.server.hash(state);
-        self.msgid.hash(state);
+        hash_key(self.server, self.msgid.as_bytes(), state);
     }
 }
 
 impl Equivalent<MessageKey> for MessageKeyRef<'_> {
     fn equivalent(&self, key: &MessageKey) -> bool {
-        self.server == key.server && self.msgid == &*key.msgid
+        self.server == key.server() && self.msgid.as_bytes() == key.msgid()
     }
 }
 
 /// Message states boxed: the store's entries move when it grows or releases.
-type Store = IndexMap<MessageKey, Box<MessageState>>;
+type Store = IndexMap<MessageKey, Box<MessageState>, FastState>;
 
 struct Server {
     name: Text,
@@ -737,7 +852,7 @@ struct OutcomeSpec {
 /// `Correlator._classify`'s memory: the same responses come back again and again.
 #[derive(Default)]
 struct ClassifyCache {
-    answers: HashMap<Box<str>, (Reason, Text)>,
+    answers: FastMap<Box<str>, (Reason, Text)>,
     key: String,
 }
 
@@ -753,19 +868,28 @@ impl ClassifyCache {
         phase: Option<&str>,
         kind: &str,
     ) -> (Reason, Text) {
-        use std::fmt::Write;
         let key = &mut self.key;
         key.clear();
         let push_text = |key: &mut String, value: Option<&str>| match value {
             Some(value) => {
-                let _ = write!(key, "{}:{value}", value.len());
+                push_integer(key, value.len() as i64);
+                key.push(':');
+                key.push_str(value);
+            }
+            None => key.push('-'),
+        };
+        let push_number = |key: &mut String, value: Option<i64>| match value {
+            Some(value) => {
+                key.push('=');
+                push_integer(key, value);
             }
             None => key.push('-'),
         };
         push_text(key, Some(kind));
         push_text(key, enhanced_code);
         push_text(key, phase);
-        let _ = write!(key, "{smtp_code:?}{errno:?}");
+        push_number(key, smtp_code);
+        push_number(key, errno);
         push_text(key, Some(text));
         if let Some(answer) = self.answers.get(key.as_str()) {
             return answer.clone();
@@ -785,7 +909,7 @@ struct Engine {
     retry_rules: RetryRules,
     emit_in_progress: bool,
     servers: Vec<Server>,
-    server_ids: HashMap<Text, u32>,
+    server_ids: FastMap<Text, u32>,
     last_server: Option<u32>,
     classified: ClassifyCache,
     scratch: Scratch,
@@ -807,7 +931,7 @@ impl Correlator {
                 retry_rules,
                 emit_in_progress,
                 servers: Vec::new(),
-                server_ids: HashMap::new(),
+                server_ids: FastMap::default(),
                 last_server: None,
                 classified: ClassifyCache::default(),
                 scratch: Scratch::new(),
@@ -850,15 +974,17 @@ impl Correlator {
         let (index, is_new) = match self.store.get_index_of(&MessageKeyRef { server: sid, msgid }) {
             Some(index) => (index, false),
             None if has_handler(line.kind) => {
-                let key = MessageKey { server: sid, msgid: Text::from(msgid) };
-                (self.store.insert_full(key, Box::default()).0, true)
+                let state = Box::new(MessageState { msgid: Some(Text::from(msgid)), ..MessageState::default() });
+                (self.store.insert_full(MessageKey::new(sid, msgid), state).0, true)
             }
             None => return, // nothing about a message worth opening a state for
         };
-        let Some((key, state)) = self.store.get_index_mut(index) else {
+        let Some((_, state)) = self.store.get_index_mut(index) else {
             return;
         };
-        let msgid = key.msgid.clone();
+        let Some(msgid) = state.msgid.clone() else {
+            return;
+        };
         let link = engine.process(sid, &msgid, line, state, classifier, out);
         if let Some(parent) = link {
             // Python stores a new state after its line: a bounce naming itself finds no parent then
@@ -885,8 +1011,10 @@ impl Correlator {
             if is_done(state) || !state.arrived {
                 continue;
             }
-            let server = self.engine.servers[key.server as usize].name.clone();
-            in_progress(&mut self.engine.scratch, &server, &key.msgid, state, out);
+            let server = self.engine.servers[key.server() as usize].name.clone();
+            if let Some(msgid) = &state.msgid {
+                in_progress(&mut self.engine.scratch, &server, msgid, state, out);
+            }
         }
     }
 }
@@ -1028,11 +1156,11 @@ impl Engine {
                 }
             };
         }
-        set!(sender, sender.map(Text::from));
+        set!(sender, sender.map(|sender| interner.intern(sender)));
         set!(sender_domain, interner.domain(sender));
-        set!(auth_id, auth_id(line.auth.as_deref()));
-        set!(client_host, or_str(line.host.as_deref(), line.helo.as_deref()).map(Text::from));
-        set!(client_ip, to_text(&line.host_ip));
+        set!(auth_id, auth_id(interner, line.auth.as_deref()));
+        set!(client_host, or_str(line.host.as_deref(), line.helo.as_deref()).map(|host| interner.intern(host)));
+        set!(client_ip, interner.text(&line.host_ip));
         set!(protocol, interner.text(&line.protocol));
         set!(size, line.size);
         set!(subject, to_text(&line.subject));
@@ -1134,7 +1262,7 @@ impl Engine {
         let fields = OutcomeFields {
             response: to_text(&line.confirmation),
             remote_host: self.scratch.interner.text(&line.host),
-            remote_ip: to_text(&line.host_ip),
+            remote_ip: self.scratch.interner.text(&line.host_ip),
             smtp_code: line.smtp_code,
             enhanced_code: self.scratch.interner.text(&line.enhanced_code),
             ..OutcomeFields::default()
@@ -1193,13 +1321,14 @@ impl Engine {
         expired: bool,
         classifier: &mut dyn Classify,
     ) -> OutcomeFields {
+        let interner = &mut self.scratch.interner;
         let mut fields = OutcomeFields {
-            remote_host: to_text(&line.host),
-            remote_ip: to_text(&line.host_ip),
+            remote_host: interner.text(&line.host),
+            remote_ip: interner.text(&line.host_ip),
             response: or_str(line.error.as_deref(), line.detail.as_deref()).map(Text::from),
             smtp_code: line.smtp_code,
-            enhanced_code: to_text(&line.enhanced_code),
-            smtp_phase: to_text(&line.smtp_phase),
+            enhanced_code: interner.text(&line.enhanced_code),
+            smtp_phase: interner.text(&line.smtp_phase),
             exim_errno: line.errno,
             reason: None,
             hint: None,
@@ -1243,37 +1372,71 @@ impl Engine {
         out: &mut Vec<DeliveryEvent>,
     ) {
         let target = line.address.as_deref().unwrap_or("");
-        let parents: Vec<&str> =
-            line.parents.iter().filter(|parent| !parent.is_empty()).map(|parent| strip_parent(parent)).collect();
+        let mut parents = line.parents.iter().filter(|parent| !parent.is_empty()).map(|parent| strip_parent(parent));
         // the first address among the target and its parents (a file, pipe or local part is a target only)
-        let from_parent =
-            if target.contains('@') { None } else { parents.iter().copied().find(|parent| parent.contains('@')) };
+        let from_parent = if target.contains('@') { None } else { parents.clone().find(|parent| parent.contains('@')) };
         let recipient_str = from_parent.unwrap_or(target);
-        let recipient = Text::from(recipient_str);
         let delivered_to = from_parent.map(|_| Text::from(target));
-        let rkey = lower_text(&recipient);
-        let original = parents.last().copied().filter(|parent| *py_lower(parent) != *rkey);
+        let lowered = py_lower(recipient_str);
+        let original = parents.next_back().filter(|parent| *py_lower(parent) != *lowered);
         let time = self.time_of(sid, line, Some(state));
         let hash = line_hash(line);
 
-        let MessageState { arrival, arrived, recipients, stored, pending_bounce, .. } = state;
+        let MessageState { arrival, arrived, recipients, stored, pending_bounce, listed, .. } = state;
         let mut detached = RecipientState::default();
-        let position = match recipients.position(&rkey) {
+        // the recipient's text: its key's or its address's when they are the same text (no new allocation)
+        let mut recipient: Option<Text> = None;
+        let position = match recipients.position(&lowered) {
             Some(position) => Some(position),
-            None if recipients.len() < MAX_RECIPIENTS => Some(recipients.set(rkey.clone(), RecipientState::default())),
-            None => None,
+            None => {
+                // a listed recipient's first outcome: the texts of the arrival line's list serve
+                let known = if listed.len() <= LINEAR_RECIPIENTS {
+                    listed.iter().find(|item| *item.lower == *lowered)
+                } else {
+                    None
+                };
+                let rkey = match (known, &lowered) {
+                    (Some(item), _) => {
+                        if *item.address == *recipient_str {
+                            recipient = Some(item.address.clone());
+                        }
+                        item.lower.clone()
+                    }
+                    (None, Cow::Borrowed(_)) => {
+                        let text = Text::from(recipient_str);
+                        recipient = Some(text.clone());
+                        text
+                    }
+                    (None, Cow::Owned(lower)) => Text::from(lower.as_str()),
+                };
+                if recipients.len() < MAX_RECIPIENTS {
+                    Some(recipients.set(rkey, RecipientState::default()))
+                } else {
+                    None
+                }
+            }
         };
         let rstate = match position.and_then(|position| recipients.entries.get_mut(position)) {
-            Some((_, rstate)) => rstate,
+            Some((key, rstate)) => {
+                if recipient.is_none() {
+                    if **key == *recipient_str {
+                        recipient = Some(key.clone());
+                    } else if let Some(address) = rstate.address().filter(|address| ***address == *recipient_str) {
+                        recipient = Some(address.clone());
+                    }
+                }
+                rstate
+            }
             None => &mut detached,
         };
+        let recipient = recipient.unwrap_or_else(|| Text::from(recipient_str));
         let repeat = rstate.hashes().contains(&hash);
         if repeat && rstate.hashes().last() != Some(&hash) {
             return; // an older line of this recipient fed again: its event was emitted then
         }
         if !repeat {
             rstate.push_hash(hash);
-            if recipient != rkey {
+            if *recipient != *lowered {
                 rstate.names_mut().address = Some(recipient.clone());
             }
             if let Some(original) = original {
@@ -1478,13 +1641,14 @@ impl Engine {
             line.smtp_phase.as_deref(),
             "reject",
         );
+        let interner = &mut self.scratch.interner;
         let sender = line.sender.as_deref();
-        arrival.sender = sender.map(Text::from);
-        arrival.sender_domain = domain(sender);
-        arrival.client_host = or_str(line.host.as_deref(), line.helo.as_deref()).map(Text::from);
-        arrival.client_ip = to_text(&line.host_ip);
+        arrival.sender = sender.map(|sender| interner.intern(sender));
+        arrival.sender_domain = interner.domain(sender);
+        arrival.client_host = or_str(line.host.as_deref(), line.helo.as_deref()).map(|host| interner.intern(host));
+        arrival.client_ip = interner.text(&line.host_ip);
         if line.auth.as_deref().is_some_and(|auth| !auth.is_empty()) {
-            arrival.auth_id = auth_id(line.auth.as_deref());
+            arrival.auth_id = auth_id(interner, line.auth.as_deref());
         }
         if let Some(user) = line.user.as_deref().filter(|user| !user.is_empty()) {
             if arrival.cpanel_user.is_none() {
@@ -1496,19 +1660,27 @@ impl Engine {
         let hash = line_hash(line);
         let response = (!text.is_empty()).then(|| Text::from(text));
         let recipients = unique_recipients(&line.recipients);
+        let enhanced_code = interner.text(&line.enhanced_code);
+        let smtp_phase = interner.text(&line.smtp_phase);
+        let scratch = &mut self.scratch;
+        let mut discriminator = std::mem::take(&mut scratch.discriminator);
         let mut emit = |recipient: Option<&str>| {
             let mut event = DeliveryEvent::new(EventType::Rejected, server.clone(), msgid.clone(), time);
             event.recipient = recipient.map(Text::from);
-            event.recipient_domain = domain(recipient);
+            event.recipient_domain = scratch.interner.domain(recipient);
             event.response = response.clone();
             event.smtp_code = line.smtp_code;
-            event.enhanced_code = to_text(&line.enhanced_code);
-            event.smtp_phase = to_text(&line.smtp_phase);
+            event.enhanced_code = enhanced_code.clone();
+            event.smtp_phase = smtp_phase.clone();
             event.reason = Some(reason);
             event.hint = Some(hint.clone());
             // rejections of one address in the same second (from different clients) are different events
-            let discriminator = format!("{}\u{1f}{hash}", recipient.unwrap_or("None"));
-            event.event_id = super::types::make_event_id(
+            discriminator.clear();
+            discriminator.push_str(recipient.unwrap_or("None"));
+            discriminator.push('\u{1f}');
+            push_integer(&mut discriminator, i64::from(hash));
+            event.event_id = event_id(
+                &mut scratch.id_buffer,
                 &server,
                 line.msgid.as_deref(),
                 Some(&discriminator),
@@ -1525,6 +1697,7 @@ impl Engine {
         for recipient in recipients {
             emit(Some(recipient));
         }
+        self.scratch.discriminator = discriminator;
     }
 }
 
@@ -2047,6 +2220,22 @@ pub mod probe {
                 .collect()
         }
 
+        /// `make_event_id` as `types.rs` computes it and as the correlator does (they must agree).
+        #[staticmethod]
+        #[pyo3(signature = (server, msgid, recipient, kind, time, attempt))]
+        fn event_ids(
+            server: &str,
+            msgid: Option<&str>,
+            recipient: Option<&str>,
+            kind: &str,
+            time: f64,
+            attempt: i64,
+        ) -> (String, String) {
+            let reference = super::super::types::make_event_id(server, msgid, recipient, kind, time, attempt);
+            let mut buffer = String::new();
+            (reference, super::event_id(&mut buffer, server, msgid, recipient, kind, time, attempt))
+        }
+
         /// `py_lower` (Python's `str.lower()` in Rust).
         #[staticmethod]
         fn lower(text: &str) -> String {
@@ -2085,6 +2274,125 @@ pub mod probe {
 
         fn __len__(&self) -> usize {
             self.correlator.len()
+        }
+
+        /// Writes the converted lines to a file (for timing runs that skip the conversion).
+        fn save_converted(&self, path: &str) -> PyResult<()> {
+            let mut out: Vec<u8> = Vec::new();
+            let put = |out: &mut Vec<u8>, value: u64| out.extend_from_slice(&value.to_le_bytes());
+            put(&mut out, self.servers.len() as u64);
+            for server in &self.servers {
+                put(&mut out, server.len() as u64);
+                out.extend_from_slice(server.as_bytes());
+            }
+            let c = &self.converted;
+            put(&mut out, c.arena.len() as u64);
+            out.extend_from_slice(c.arena.as_bytes());
+            put(&mut out, c.lists.len() as u64);
+            for &(a, b) in &c.lists {
+                put(&mut out, a as u64);
+                put(&mut out, b as u64);
+            }
+            put(&mut out, c.lines.len() as u64);
+            for line in &c.lines {
+                put(&mut out, line.server as u64);
+                put(&mut out, line.kind.index() as u64);
+                for number in line.numbers {
+                    put(&mut out, u64::from(number.is_some()));
+                    put(&mut out, number.unwrap_or(0) as u64);
+                }
+                for value in [line.time, line.spam_score] {
+                    put(&mut out, u64::from(value.is_some()));
+                    put(&mut out, value.unwrap_or(0.0).to_bits());
+                }
+                put(&mut out, line.is_spam.map_or(0, |spam| 1 + u64::from(spam)));
+                put(&mut out, u64::from(line.host_reused));
+                for text in line.texts {
+                    put(&mut out, u64::from(text.is_some()));
+                    let (a, b) = text.unwrap_or((0, 0));
+                    put(&mut out, a as u64);
+                    put(&mut out, b as u64);
+                }
+                for (a, b) in [line.parents, line.recipients] {
+                    put(&mut out, a as u64);
+                    put(&mut out, b as u64);
+                }
+            }
+            std::fs::write(path, out).map_err(|error| PyValueError::new_err(error.to_string()))
+        }
+
+        /// Reads lines written by `save_converted` (replacing the converted lines).
+        fn load_converted(&mut self, path: &str) -> PyResult<()> {
+            struct Reader {
+                data: Vec<u8>,
+                at: usize,
+            }
+            impl Reader {
+                fn u(&mut self) -> u64 {
+                    let value = u64::from_le_bytes(self.data[self.at..self.at + 8].try_into().unwrap_or([0; 8]));
+                    self.at += 8;
+                    value
+                }
+                fn text(&mut self, len: usize) -> String {
+                    let text = String::from_utf8_lossy(&self.data[self.at..self.at + len]).into_owned();
+                    self.at += len;
+                    text
+                }
+            }
+            let data = std::fs::read(path).map_err(|error| PyValueError::new_err(error.to_string()))?;
+            let mut r = Reader { data, at: 0 };
+            self.servers.clear();
+            for _ in 0..r.u() {
+                let len = r.u() as usize;
+                let name = r.text(len);
+                self.servers.push(Text::from(name));
+            }
+            let mut c = Compact::default();
+            let len = r.u() as usize;
+            c.arena = r.text(len);
+            for _ in 0..r.u() {
+                c.lists.push((r.u() as usize, r.u() as usize));
+            }
+            for _ in 0..r.u() {
+                let server = r.u() as usize;
+                let kind = LineKind::ALL[r.u() as usize];
+                let mut numbers = [None; 5];
+                for number in &mut numbers {
+                    let (flag, value) = (r.u(), r.u());
+                    *number = (flag == 1).then_some(value as i64);
+                }
+                let mut floats = [None; 2];
+                for value in &mut floats {
+                    let (flag, bits) = (r.u(), r.u());
+                    *value = (flag == 1).then_some(f64::from_bits(bits));
+                }
+                let is_spam = match r.u() {
+                    0 => None,
+                    spam => Some(spam == 2),
+                };
+                let host_reused = r.u() == 1;
+                let mut texts = [None; 23];
+                for text in &mut texts {
+                    let (flag, a, b) = (r.u(), r.u() as usize, r.u() as usize);
+                    *text = (flag == 1).then_some((a, b));
+                }
+                let parents = (r.u() as usize, r.u() as usize);
+                let recipients = (r.u() as usize, r.u() as usize);
+                c.lines.push(CompactLine {
+                    server,
+                    kind,
+                    numbers,
+                    time: floats[0],
+                    spam_score: floats[1],
+                    is_spam,
+                    host_reused,
+                    texts,
+                    parents,
+                    recipients,
+                });
+            }
+            self.converted = c;
+            Ok(())
         }
 
         /// Converts (server, line) pairs once, for `time_feed`.

@@ -2,6 +2,7 @@
 //! parse, correlate, and write JSON lines to stdout in big chunks. It mirrors `processors/exim/cli.py`
 //! step for step: the same release cadence, the same event window, the same counts for the summary.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -11,8 +12,8 @@ use flate2::read::MultiGzDecoder;
 
 use super::correlator::Correlator;
 use super::encode::{push_event, push_line};
-use super::parser::parse_line;
-use super::types::{Classify, DeliveryEvent, EventType, LineKind, LocalClock, Text};
+use super::parser::parse_line_into;
+use super::types::{Classify, DeliveryEvent, EventType, LineKind, LocalClock, ParsedLine, Text};
 
 pub const READ_CHUNK: usize = 1 << 20;
 pub const WRITE_CHUNK: usize = 1 << 20;
@@ -311,20 +312,25 @@ fn read_lines<R: Read>(
         at_end = read == 0;
         filled += read;
         let mut start = 0;
-        while start < filled {
-            let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
-                Some(offset) => start + offset,
-                None if at_end => filled,
-                None => break,
-            };
-            number += 1;
-            one_line(run, state, &input.server, &buffer[start..end], number)?;
-            if number.is_multiple_of(PROGRESS_EVERY) {
-                if let Some(progress) = run.progress.as_mut() {
-                    progress(index, taken(reader));
+        {
+            // one parsed line for the chunk, refilled line after line (its lists keep their capacity)
+            let mut line = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(""));
+            while start < filled {
+                let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
+                    Some(offset) => start + offset,
+                    None if at_end => filled,
+                    None => break,
+                };
+                number += 1;
+                parse_line_into(&buffer[start..end], run.clock, &mut line);
+                one_line(run, state, &input.server, &line, number)?;
+                if number.is_multiple_of(PROGRESS_EVERY) {
+                    if let Some(progress) = run.progress.as_mut() {
+                        progress(index, taken(reader));
+                    }
                 }
+                start = end + 1;
             }
-            start = end + 1;
         }
         buffer.copy_within(start.min(filled)..filled, 0);
         filled -= start.min(filled);
@@ -332,18 +338,23 @@ fn read_lines<R: Read>(
     Ok(number)
 }
 
-fn one_line(run: &mut Run<'_>, state: &mut State<'_>, server: &Text, raw: &[u8], number: u64) -> io::Result<()> {
-    let line = parse_line(raw, run.clock);
+fn one_line(
+    run: &mut Run<'_>,
+    state: &mut State<'_>,
+    server: &Text,
+    line: &ParsedLine<'_>,
+    number: u64,
+) -> io::Result<()> {
     state.kinds.add(line.kind, line.kind.index());
     if !run.events {
-        push_line(&mut state.out.buffer, number, server, &line);
+        push_line(&mut state.out.buffer, number, server, line);
         return state.out.end_line();
     }
     if let Some(time) = line.time {
         state.last_time = time;
     }
     let at = state.total_lines + number;
-    run.correlator.feed(server, &line, run.classifier, &mut state.produced);
+    run.correlator.feed(server, line, run.classifier, &mut state.produced);
     for event in state.produced.drain(..) {
         state.window.add(at, &event);
     }

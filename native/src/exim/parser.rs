@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::parser_prefix::{
@@ -106,7 +107,7 @@ pub fn parse_line<'a>(raw: &'a [u8], clock: &mut dyn LocalClock) -> ParsedLine<'
     } else {
         (strip_line_end(&raw[..MAX_RAW]), raw.len())
     };
-    if let Ok(line) = std::str::from_utf8(bytes) {
+    if let Some(line) = decode(bytes) {
         let mut parsed = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(line));
         return match guarded(&mut parsed, line, size, clock) {
             Ok(()) => parsed,
@@ -114,6 +115,78 @@ pub fn parse_line<'a>(raw: &'a [u8], clock: &mut dyn LocalClock) -> ParsedLine<'
         };
     }
     parse_repaired(raw, bytes, size, clock)
+}
+
+/// `*line = parse_line(raw, clock)`, reusing `line`'s storage: every field of `line` is overwritten (what it
+/// held before does not matter) and its vectors keep their capacity, so a caller that parses many lines
+/// of one buffer into the same `ParsedLine` allocates nothing per line in the common case.
+#[inline]
+pub fn parse_line_into<'a>(raw: &'a [u8], clock: &mut dyn LocalClock, line: &mut ParsedLine<'a>) {
+    let (bytes, size) = if raw.len() <= MAX_RAW {
+        let text = match raw {
+            [head @ .., b'\r', b'\n'] => head,
+            [head @ .., b'\n'] => head,
+            _ => raw,
+        };
+        (text, 0)
+    } else {
+        (strip_line_end(&raw[..MAX_RAW]), raw.len())
+    };
+    if let Some(text) = decode(bytes) {
+        reset(line, Cow::Borrowed(text));
+        if let Err(detail) = guarded(line, text, size, clock) {
+            *line = failed(raw, detail);
+        }
+        return;
+    }
+    *line = parse_repaired(raw, bytes, size, clock);
+}
+
+/// The line as text when it is valid UTF-8: almost every line is ASCII, which is checked faster.
+#[inline]
+fn decode(bytes: &[u8]) -> Option<&str> {
+    if is_ascii(bytes) {
+        // SAFETY: ASCII is valid UTF-8.
+        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    std::str::from_utf8(bytes).ok()
+}
+
+/// `bytes.is_ascii()`, 32 bytes a step.
+#[inline]
+fn is_ascii(bytes: &[u8]) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128};
+        let mut at = 0;
+        while at + 32 <= bytes.len() {
+            // SAFETY: the 32 bytes at `at` are in bounds (checked above); the loads are unaligned.
+            let high = unsafe {
+                let first = _mm_loadu_si128(bytes.as_ptr().add(at).cast());
+                let second = _mm_loadu_si128(bytes.as_ptr().add(at + 16).cast());
+                _mm_movemask_epi8(_mm_or_si128(first, second))
+            };
+            if high != 0 {
+                return false;
+            }
+            at += 32;
+        }
+        bytes[at..].is_ascii()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    bytes.is_ascii()
+}
+
+/// `*p = ParsedLine::new(LineKind::Unknown, raw)`, keeping the vectors' capacity.
+#[inline]
+fn reset<'a>(p: &mut ParsedLine<'a>, raw: Cow<'a, str>) {
+    let mut parents = std::mem::take(&mut p.parents);
+    let mut recipients = std::mem::take(&mut p.recipients);
+    let mut extra = std::mem::take(&mut p.extra);
+    parents.clear();
+    recipients.clear();
+    extra.clear();
+    *p = ParsedLine { parents, recipients, extra, ..ParsedLine::new(LineKind::Unknown, raw) };
 }
 
 /// A line that is not valid UTF-8: parsed from its repaired text, then detached from it.
@@ -302,31 +375,45 @@ const STACK_TOKENS: usize = 48;
 /// Splits `s` on single spaces (`s.split(" ")`) into a stack buffer (a vector when it is too small) and
 /// hands the tokens to `f`.
 pub(super) fn with_tokens<'a, R>(s: &'a str, f: impl FnOnce(&[&'a str]) -> R) -> R {
-    let mut buffer: [&'a str; STACK_TOKENS] = [""; STACK_TOKENS];
+    // not initialised up front (that alone cost more than splitting a short line)
+    let mut buffer: [MaybeUninit<&'a str>; STACK_TOKENS] = [const { MaybeUninit::uninit() }; STACK_TOKENS];
     let mut count = 0;
     let mut start = 0;
     let stopped = for_each_space(s.as_bytes(), 0, |at| {
         if count == STACK_TOKENS - 1 {
             return false;
         }
-        buffer[count] = &s[start..at];
+        buffer[count].write(between_spaces(s, start, at));
         count += 1;
         start = at + 1;
         true
     });
+    let ready = |buffer: &[MaybeUninit<&'a str>], count: usize| -> &[&'a str] {
+        // SAFETY: the first `count` entries were written above, and `MaybeUninit<T>` has `T`'s layout.
+        unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<&'a str>(), count) }
+    };
     if !stopped {
-        buffer[count] = &s[start..];
-        return f(&buffer[..count + 1]);
+        buffer[count].write(&s[start..]);
+        return f(ready(&buffer, count + 1));
     }
     let mut all: Vec<&'a str> = Vec::with_capacity(STACK_TOKENS * 4);
-    all.extend_from_slice(&buffer[..count]);
+    all.extend_from_slice(ready(&buffer, count));
     for_each_space(s.as_bytes(), start, |at| {
-        all.push(&s[start..at]);
+        all.push(between_spaces(s, start, at));
         start = at + 1;
         true
     });
     all.push(&s[start..]);
     f(&all)
+}
+
+/// `&s[start..at]` where `at` is a space and `start` is 0 or just after a space (both char boundaries).
+#[inline(always)]
+fn between_spaces(s: &str, start: usize, at: usize) -> &str {
+    debug_assert!(start <= at && at < s.len() && s.as_bytes()[at] == b' ' && s.is_char_boundary(start));
+    // SAFETY: `at` is the offset of an ASCII space and `start` is 0 or one past an earlier space, so both
+    // are in bounds, ordered and on character boundaries.
+    unsafe { s.get_unchecked(start..at) }
 }
 
 /// Calls `emit` with the offset of every space from `from` on, until it returns false (then true is
@@ -336,6 +423,25 @@ fn for_each_space(bytes: &[u8], from: usize, mut emit: impl FnMut(usize) -> bool
     const LOW7: u64 = 0x7F7F_7F7F_7F7F_7F7F;
     const SPACES: u64 = 0x2020_2020_2020_2020;
     let mut chunk = from;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+        // sixteen bytes at a time (SSE2 is part of x86_64)
+        while chunk + 16 <= bytes.len() {
+            // SAFETY: the 16 bytes at `chunk` are in bounds (checked above); the load is unaligned.
+            let mut found = unsafe {
+                let block = _mm_loadu_si128(bytes.as_ptr().add(chunk).cast());
+                _mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(b' ' as i8))) as u32
+            };
+            while found != 0 {
+                if !emit(chunk + found.trailing_zeros() as usize) {
+                    return true;
+                }
+                found &= found - 1;
+            }
+            chunk += 16;
+        }
+    }
     while chunk + 8 <= bytes.len() {
         let mut word = [0u8; 8];
         word.copy_from_slice(&bytes[chunk..chunk + 8]);

@@ -8,7 +8,7 @@ use std::time::Instant;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use super::parser::{days_in_month, parse_line, year_of_epoch, UtcClock};
+use super::parser::{days_in_month, parse_line, parse_line_into, year_of_epoch, UtcClock};
 use super::parser_prefix::days_from_civil;
 use super::types::{LocalClock, ParsedLine};
 
@@ -50,12 +50,25 @@ fn text<'v>(value: &'v Option<Cow<'_, str>>) -> Option<&'v str> {
 #[pyfunction]
 #[pyo3(signature = (raw, tz_offset_hours=None))]
 pub fn exim_parse_line_fields(py: Python<'_>, raw: &[u8], tz_offset_hours: Option<f64>) -> PyResult<PyObject> {
-    let parsed = match tz_offset_hours {
-        Some(hours) => parse_line(raw, &mut FixedClock { east_seconds: (hours * 3600.0).round() as i64 }),
-        None => parse_line(raw, &mut UtcClock),
-    };
+    // parsed into a line left full by an earlier parse: `parse_line_into` must overwrite all of it
+    let mut parsed = parse_line(DIRTY[raw.len() % DIRTY.len()], &mut UtcClock);
+    match tz_offset_hours {
+        Some(hours) => {
+            parse_line_into(raw, &mut FixedClock { east_seconds: (hours * 3600.0).round() as i64 }, &mut parsed)
+        }
+        None => parse_line_into(raw, &mut UtcClock, &mut parsed),
+    }
     fields_dict(py, &parsed)
 }
+
+/// Lines that fill many fields, parsed before the line under test (see `exim_parse_line_fields`).
+const DIRTY: [&[u8]; 5] = [
+    b"2025-03-10 00:00:26.123 +0200 [123] 1trQZG-00000000ULQ-1R2O <= orders@x.com R=1abc-000000-00 H=mail.x.com (helo.x) [77.5.104.174]:29566 I=[10.0.0.1]:25 P=esmtpsa X=TLS1.3:T:128 CV=no A=dovecot_plain:o@x.com U=bob S=5353 id*=5@x.com DKIM=x.com T=\"Tab\\tsub \\\"q\\\" x\" from <a b@c> for a@b.io \"x y\"@z.com c@d.org",
+    b"2025-03-10 00:00:16 1trQZ5-00000000UKa-2yf5 => e@gmail.com (p1@x, p2@y) <o@w.io> R=dkim T=remote F=<s@x> P=<r@x> H=alt1.google.com [142.250.43.108]:25* I=[1.2.3.4]:587 X=TLS1.3:TLS_AES_256_GCM_SHA384:256 CV=yes K DN=\"CN=x y\" C=\"250 2.0.0 OK  1741564816 gsmtp\" QT=3s DT=1s",
+    b"2025-03-10 00:00:26 1trQZG-00000000ULQ-1R2O == john@gmail.con R=dnslookup T=remote_smtp defer (-44) H=mx.gmail.con [1.2.3.4]: SMTP error from remote mail server after RCPT TO:<john@gmail.con>: 451 4.7.1 Greylisted DT=3s",
+    b"2025-03-10 00:00:15 1trQZ5-00000000UKa-2yf5 H=mail.l.com (h) [91.20.248.57]:63907 Warning: \"SpamAssassin as wrightsa detected OUTGOING message as spam (11.4)\"",
+    b"2025-03-10 00:00:15 1trQZ5-00000000UKa-2yf5 ** a\xff@b.c <x\xfe@y> R=r T=t H=h [1.1.1.1]: 550 5.1.1 no \xc3 such user",
+];
 
 fn fields_dict(py: Python<'_>, p: &ParsedLine<'_>) -> PyResult<PyObject> {
     let d = PyDict::new(py);
@@ -102,36 +115,75 @@ fn fields_dict(py: Python<'_>, p: &ParsedLine<'_>) -> PyResult<PyObject> {
     Ok(d.into_any().unbind())
 }
 
-/// Parse every line of a file (split on "\n") `rounds` times: (lines per round, seconds in all, a
-/// checksum of the kinds so the work is not optimised away).
+/// Parse every line of a file (split on "\n") `rounds` times into one reused `ParsedLine`, as the driver
+/// does: (lines per round, seconds in all, a checksum of the kinds so the work is not optimised away).
+/// With `check`, each line is parsed both into the reused line and afresh instead, and the third value
+/// is how many lines differ (`parse_into_check`).
 #[pyfunction]
-#[pyo3(signature = (path, rounds=1, floor=false))]
-pub fn exim_parse_file_count(py: Python<'_>, path: &str, rounds: usize, floor: bool) -> PyResult<(usize, f64, usize)> {
+#[pyo3(signature = (path, rounds=1, floor=false, check=false))]
+pub fn exim_parse_file_count(
+    py: Python<'_>,
+    path: &str,
+    rounds: usize,
+    floor: bool,
+    check: bool,
+) -> PyResult<(usize, f64, usize)> {
     let data = std::fs::read(path)?;
+    if check {
+        return parse_into_check(py, &data);
+    }
     py.allow_threads(|| {
         let mut lines = 0;
         let mut checksum = 0usize;
         let mut clock = UtcClock;
         let started = Instant::now();
+        let mut parsed = ParsedLine::new(super::types::LineKind::Unknown, Cow::Borrowed(""));
         for _ in 0..rounds.max(1) {
             lines = 0;
             let mut start = 0;
             for end in memchr::memchr_iter(b'\n', &data).chain(std::iter::once(data.len())) {
                 let line = &data[start..end];
                 start = end + 1;
-                let parsed = if floor {
+                if floor {
                     // the floor: what every line costs before any parsing (decode, build, drop)
-                    ParsedLine::new(
+                    parsed = ParsedLine::new(
                         super::types::LineKind::Unknown,
                         Cow::Borrowed(std::str::from_utf8(line).unwrap_or("")),
                     )
                 } else {
-                    parse_line(line, &mut clock)
-                };
+                    // as the driver does: one ParsedLine for every line of the buffer
+                    parse_line_into(line, &mut clock, &mut parsed)
+                }
                 checksum = checksum.wrapping_add(parsed.kind.index() + parsed.extra.len());
                 lines += 1;
             }
         }
         Ok((lines, started.elapsed().as_secs_f64(), checksum))
+    })
+}
+
+/// Parse every line of a file in turn into one reused `ParsedLine` and compare each result with a fresh
+/// `parse_line` (their `Debug` text): how many lines differ, and the first few of them.
+/// (`exim_parse_file_count(path, check=True)`; the first lines that differ go to stderr.)
+fn parse_into_check(py: Python<'_>, data: &[u8]) -> PyResult<(usize, f64, usize)> {
+    py.allow_threads(|| {
+        let mut clock = UtcClock;
+        let mut reused = ParsedLine::new(super::types::LineKind::Unknown, Cow::Borrowed(""));
+        let (mut lines, mut bad) = (0, 0);
+        let mut start = 0;
+        for end in memchr::memchr_iter(b'\n', data).chain(std::iter::once(data.len())) {
+            let line = &data[start..end];
+            start = end + 1;
+            parse_line_into(line, &mut clock, &mut reused);
+            let fresh = parse_line(line, &mut clock);
+            if format!("{reused:?}") != format!("{fresh:?}") {
+                bad += 1;
+                if bad <= 5 {
+                    eprintln!("differs: {}", String::from_utf8_lossy(line));
+                }
+            }
+            lines += 1;
+        }
+        Ok((lines, 0.0, bad))
     })
 }

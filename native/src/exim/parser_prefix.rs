@@ -54,7 +54,8 @@ fn expect(b: &[u8], at: usize, byte: u8) -> Option<usize> {
 
 #[derive(Clone, Copy)]
 struct LastStamp {
-    text: [u8; 19],
+    /// The stamp's 19 bytes as three overlapping words (bytes 0..8, 8..16 and 15..19).
+    text: (u64, u64, u32),
     stamp: Stamp,
     utc_base: Option<f64>,
 }
@@ -70,16 +71,16 @@ fn stamp_with_base(s: &str, at: usize) -> Option<(Stamp, Option<f64>, usize)> {
         let (stamp, end) = stamp_at(s, at)?;
         return Some((stamp, epoch_utc(&stamp), end));
     };
+    let word = |from: usize| u64::from_le_bytes(text[from..from + 8].try_into().unwrap_or([0; 8]));
+    let key = (word(0), word(8), u32::from_le_bytes(text[15..19].try_into().unwrap_or([0; 4])));
     if let Some(last) = LAST_STAMP.get() {
-        if last.text == text {
+        if last.text == key {
             return Some((last.stamp, last.utc_base, at + 19));
         }
     }
     let (stamp, end) = stamp_at(s, at)?;
     let utc_base = epoch_utc(&stamp);
     if end == at + 19 {
-        let mut key = [0u8; 19];
-        key.copy_from_slice(text);
         LAST_STAMP.set(Some(LastStamp { text: key, stamp, utc_base }));
     }
     Some((stamp, utc_base, end))
@@ -179,6 +180,11 @@ fn offset(sign: u8, hours: u32, minutes: u32) -> Zone {
 
 /// `_PREFIX_RE.match(line, at)`.
 pub fn match_prefix(s: &str, at: usize) -> Option<Prefix<'_>> {
+    if at == 0 {
+        if let Some(found) = common_prefix(s) {
+            return Some(found);
+        }
+    }
     let b = s.as_bytes();
     let (stamp, utc_base, mut i) = stamp_with_base(s, at)?;
     let stamp_text = &s[at..i];
@@ -216,6 +222,38 @@ pub fn match_prefix(s: &str, at: usize) -> Option<Prefix<'_>> {
         }
     }
     Some(Prefix { stamp_text, stamp, utc_base, frac, zone, pid, msgid, end: skip_spaces(b, i) })
+}
+
+/// `match_prefix(s, 0)` for the usual `YYYY-MM-DD HH:MM:SS [msgid ]`: a stamp of 19 bytes and a single
+/// space after it, then no zone, pid or second space (None: not that shape, the general matcher decides).
+#[inline]
+fn common_prefix(s: &str) -> Option<Prefix<'_>> {
+    let b = s.as_bytes();
+    if b.len() < 21 || b[19] != b' ' || matches!(b[20], b'+' | b'-' | b'[' | b' ') {
+        return None;
+    }
+    let (stamp, utc_base, end) = stamp_with_base(s, 0)?;
+    if end != 19 {
+        return None;
+    }
+    let mut msgid = None;
+    let mut i = 19;
+    if let Some(end) = msgid_len(b, 20) {
+        if at_gap(b, end) {
+            msgid = Some(&s[20..end]);
+            i = end;
+        }
+    }
+    Some(Prefix {
+        stamp_text: &s[..19],
+        stamp,
+        utc_base,
+        frac: None,
+        zone: Zone::Default,
+        pid: None,
+        msgid,
+        end: skip_spaces(b, i),
+    })
 }
 
 /// A `_BSD_TIME_RE` match: month name, day, hour, minute, second, end.

@@ -93,6 +93,10 @@ fn utf8_width(lead: u8) -> usize {
 pub fn advance(s: &str, from: usize, count: usize) -> usize {
     let bytes = s.as_bytes();
     let mut at = from.min(bytes.len());
+    let end = at.saturating_add(count).min(bytes.len());
+    if bytes[at..end].is_ascii() {
+        return end; // one byte a character
+    }
     let mut left = count;
     while left > 0 && at < bytes.len() {
         at += utf8_width(bytes[at]);
@@ -136,6 +140,11 @@ pub fn find_in(haystack: &str, needle: &str, start: usize, end: usize) -> Option
 /// `needle in haystack[start:start + chars]` (start a byte offset, the window in characters).
 pub fn contains_within(haystack: &str, needle: &str, start: usize, chars: usize) -> bool {
     let Some(tail) = haystack.get(start..) else { return false };
+    if tail.len() > chars {
+        // only the window is searched: the needle must end within its first `chars` characters
+        let end = advance(tail, 0, chars);
+        return find(&tail[..end], needle).is_some();
+    }
     match find(tail, needle) {
         None => false,
         Some(at) => {
@@ -153,10 +162,14 @@ pub fn find(haystack: &str, needle: &str) -> Option<usize> {
 
 fn find_bytes(h: &[u8], n: &[u8]) -> Option<usize> {
     if let [byte] = n {
-        return if h.len() < 32 { h.iter().position(|c| c == byte) } else { memchr::memchr(*byte, h) };
+        return position(h, *byte);
     }
     if n.len() > h.len() {
         return None;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if n.len() >= 2 {
+        return find_pair_sse2(h, n);
     }
     let pick = usize::from(n.len() > 1 && n[0] == b' ');
     let key = *n.get(pick)?;
@@ -171,6 +184,46 @@ fn find_bytes(h: &[u8], n: &[u8]) -> Option<usize> {
             return Some(start);
         }
         from = start + 1;
+    }
+    None
+}
+
+/// The first `n` (two bytes or more, not longer than `h`) in `h`: candidates are where both of its first
+/// two bytes match, sixteen places at a time.
+#[cfg(target_arch = "x86_64")]
+fn find_pair_sse2(h: &[u8], n: &[u8]) -> Option<usize> {
+    use std::arch::x86_64::{_mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+    let last_start = h.len() - n.len();
+    let (first, second) = (n[0], n[1]);
+    let mut i = 0;
+    while i + 17 <= h.len() && i <= last_start {
+        // SAFETY: `i + 17 <= h.len()`, so both 16-byte loads (at i and i + 1) are in bounds.
+        let mut found = unsafe {
+            let here = _mm_loadu_si128(h.as_ptr().add(i).cast());
+            let next = _mm_loadu_si128(h.as_ptr().add(i + 1).cast());
+            let both = _mm_and_si128(
+                _mm_cmpeq_epi8(here, _mm_set1_epi8(first as i8)),
+                _mm_cmpeq_epi8(next, _mm_set1_epi8(second as i8)),
+            );
+            _mm_movemask_epi8(both) as u32
+        };
+        while found != 0 {
+            let at = i + found.trailing_zeros() as usize;
+            if at > last_start {
+                return None;
+            }
+            if &h[at..at + n.len()] == n {
+                return Some(at);
+            }
+            found &= found - 1;
+        }
+        i += 16;
+    }
+    while i <= last_start {
+        if h[i] == first && &h[i..i + n.len()] == n {
+            return Some(i);
+        }
+        i += 1;
     }
     None
 }
@@ -200,9 +253,41 @@ pub fn contains(haystack: &str, needle: &str) -> bool {
 
 /// `s.find(c)` for an ASCII byte.
 pub fn find_byte(s: &str, byte: u8) -> Option<usize> {
-    let b = s.as_bytes();
-    if b.len() >= 64 {
+    position(s.as_bytes(), byte)
+}
+
+/// The first `byte` in `b`: sixteen bytes a step from 16 bytes on, else byte by byte; memchr (whose
+/// call costs more than a short search) for long texts.
+#[inline]
+fn position(b: &[u8], byte: u8) -> Option<usize> {
+    if b.len() >= 128 {
         return memchr::memchr(byte, b);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if b.len() >= 16 {
+        use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+        // SAFETY: every load reads 16 bytes starting at most 16 bytes before the end of `b`.
+        let found_at = |at: usize| unsafe {
+            let block = _mm_loadu_si128(b.as_ptr().add(at).cast());
+            _mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(byte as i8))) as u32
+        };
+        let mut at = 0;
+        while at + 16 <= b.len() {
+            let found = found_at(at);
+            if found != 0 {
+                return Some(at + found.trailing_zeros() as usize);
+            }
+            at += 16;
+        }
+        if at < b.len() {
+            // the last 16 bytes, less those already searched
+            let last = b.len() - 16;
+            let found = found_at(last) >> (at - last);
+            if found != 0 {
+                return Some(at + found.trailing_zeros() as usize);
+            }
+        }
+        return None;
     }
     b.iter().position(|&c| c == byte)
 }
@@ -305,6 +390,16 @@ fn decimal_int(s: &str) -> Result<i64, ()> {
 
 /// `_to_int`: Ok(None) when `s` is not an integer, Err when Python's `int()` raises ValueError.
 pub fn to_int(s: &str) -> Result<Option<i64>, ()> {
+    let b = s.as_bytes();
+    let (negative, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if !digits.is_empty() && b.len() < 19 && digits.iter().all(u8::is_ascii_digit) {
+        // the usual case: ASCII digits
+        let value = digits.iter().fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0'));
+        return Ok(Some(if negative { -value } else { value }));
+    }
     if char_len(s) >= 19 {
         return Ok(None);
     }
@@ -345,6 +440,9 @@ pub fn py_float(s: &str) -> Option<f64> {
 
 /// `float()` of ASCII text without underscores or NUL.
 fn ascii_float(text: &str) -> Option<f64> {
+    if let Some(value) = short_decimal(text.as_bytes()) {
+        return Some(value);
+    }
     let text = text.trim_matches(|c: char| matches!(c, ' ' | '\t' | '\n' | '\x0b' | '\x0c' | '\r'));
     let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
     if unsigned.eq_ignore_ascii_case("inf") || unsigned.eq_ignore_ascii_case("infinity") {
@@ -357,6 +455,37 @@ fn ascii_float(text: &str) -> Option<f64> {
         return None;
     }
     text.parse::<f64>().ok()
+}
+
+/// `[-]digits[.digits]` with at most 15 digits in all: the quotient of two exact doubles, which IEEE
+/// division rounds correctly, so it equals the parsed value (Clinger's fast path). None: not that form.
+fn short_decimal(b: &[u8]) -> Option<f64> {
+    const POWERS: [f64; 16] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15];
+    let (negative, digits) = match b.first() {
+        Some(b'-') => (true, &b[1..]),
+        _ => (false, b),
+    };
+    if digits.is_empty() || digits.len() > 16 {
+        return None;
+    }
+    let (mut mantissa, mut count, mut scale, mut point) = (0u64, 0usize, 0usize, false);
+    for &c in digits {
+        if c.is_ascii_digit() {
+            mantissa = mantissa * 10 + u64::from(c - b'0');
+            count += 1;
+            scale += usize::from(point);
+        } else if c == b'.' && !point {
+            point = true;
+        } else {
+            return None;
+        }
+    }
+    // a digit on both sides of the point
+    if count == 0 || count > 15 || !digits[0].is_ascii_digit() || !digits[digits.len() - 1].is_ascii_digit() {
+        return None;
+    }
+    let value = mantissa as f64 / POWERS[scale];
+    Some(if negative { -value } else { value })
 }
 
 /// `_Py_string_to_number_with_underscores`: an underscore only between two digits.
@@ -496,6 +625,10 @@ static ALNUM: [bool; 256] = alnum_table();
 
 /// `[0-9A-Za-z]{6}-[0-9A-Za-z]{6,11}-[0-9A-Za-z]{2,4}` at `at`: its end.
 pub fn msgid_len(b: &[u8], at: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    if b.len() >= at + 24 {
+        return msgid_len_sse2(b, at);
+    }
     let alnum = |c: u8| ALNUM[c as usize];
     let all_alnum = |part: &[u8]| part.iter().fold(true, |ok, &c| ok & alnum(c));
     // the shortest id: 6-6-2 characters
@@ -517,6 +650,41 @@ pub fn msgid_len(b: &[u8], at: usize) -> Option<usize> {
         end += 1;
     }
     (2..=4).contains(&(end - third_at)).then_some(end)
+}
+
+/// `msgid_len` where 24 bytes are left from `at` (the longest id, 6-11-4, and the byte after it): every
+/// byte classified at once into a bit mask (bit k: byte `at + k` is ASCII alphanumeric).
+#[cfg(target_arch = "x86_64")]
+fn msgid_len_sse2(b: &[u8], at: usize) -> Option<usize> {
+    use std::arch::x86_64::{
+        __m128i, _mm_and_si128, _mm_cmpgt_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    // SAFETY: plain SSE2 arithmetic on a value.
+    let classify = |block: __m128i| unsafe {
+        let above = |x: __m128i, low: u8| _mm_cmpgt_epi8(x, _mm_set1_epi8(low as i8 - 1));
+        let below = |x: __m128i, high: u8| _mm_cmpgt_epi8(_mm_set1_epi8(high as i8 + 1), x);
+        // bytes of 0x80 and up are negative, so below '0' and below 'a' after the or
+        let digit = _mm_and_si128(above(block, b'0'), below(block, b'9'));
+        let folded = _mm_or_si128(block, _mm_set1_epi8(0x20));
+        let letter = _mm_and_si128(above(folded, b'a'), below(folded, b'z'));
+        _mm_movemask_epi8(_mm_or_si128(digit, letter)) as u32
+    };
+    // SAFETY: `at + 24 <= b.len()` (the caller checks), so both 16-byte loads are in bounds.
+    let mask = unsafe {
+        let low = classify(_mm_loadu_si128(b.as_ptr().add(at).cast()));
+        let high = classify(_mm_loadu_si128(b.as_ptr().add(at + 8).cast()));
+        low | (high << 8)
+    };
+    if mask & 0x3f != 0x3f || b[at + 6] != b'-' {
+        return None;
+    }
+    let second = (!(mask >> 7)).trailing_zeros() as usize;
+    if !(6..=11).contains(&second) || b[at + 7 + second] != b'-' {
+        return None;
+    }
+    let third_at = 8 + second;
+    let third = ((!(mask >> third_at)).trailing_zeros() as usize).min(5);
+    (2..=4).contains(&third).then_some(at + third_at + third)
 }
 
 /// `_CODE_RE` (`[2-5]\d\d(?=[ -]|\Z)`) at byte `at`: (code, end byte).
@@ -706,5 +874,128 @@ mod tests {
         assert_eq!(py_float("-Infinity"), Some(f64::NEG_INFINITY));
         assert_eq!(py_float("1e"), None);
         assert_eq!(py_float("\u{661}.\u{665}"), Some(1.5));
+    }
+
+    #[test]
+    fn message_ids_found_alike() {
+        let mut state = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        const BYTES: &[u8] = b"aZ09-- x\xc3\xa9@[`{/:";
+        for _ in 0..3_000_000 {
+            let mut line = Vec::new();
+            let (a, b, c) = (4 + next() % 4, 4 + next() % 10, 1 + next() % 6);
+            for part in [a, b, c] {
+                for _ in 0..part {
+                    let r = next();
+                    line.push(if r % 8 == 0 {
+                        BYTES[(r / 8 % BYTES.len() as u64) as usize]
+                    } else {
+                        b'a' + (r % 26) as u8
+                    });
+                }
+                line.push(b'-');
+            }
+            line.pop();
+            for _ in 0..next() % 12 {
+                line.push(BYTES[(next() % BYTES.len() as u64) as usize]);
+            }
+            let fast = if line.len() >= 24 { msgid_len_sse2(&line, 0) } else { continue };
+            let alnum = |c: u8| ALNUM[c as usize];
+            let all_alnum = |part: &[u8]| part.iter().fold(true, |ok, &c| ok & alnum(c));
+            let slow = (|| {
+                let head = line.get(..16)?;
+                if head[6] != b'-' || !all_alnum(&head[..6]) || !all_alnum(&head[7..13]) {
+                    return None;
+                }
+                let mut dash = 13;
+                while dash < line.len() && dash < 18 && alnum(line[dash]) {
+                    dash += 1;
+                }
+                if line.get(dash) != Some(&b'-') {
+                    return None;
+                }
+                let third_at = dash + 1;
+                let mut end = third_at;
+                while end < line.len() && end - third_at < 5 && alnum(line[end]) {
+                    end += 1;
+                }
+                (2..=4).contains(&(end - third_at)).then_some(end)
+            })();
+            assert_eq!(fast, slow, "{}", String::from_utf8_lossy(&line));
+        }
+    }
+
+    #[test]
+    fn pair_search_finds_the_first() {
+        let mut state = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..1_000_000 {
+            let len = (next() % 80) as usize;
+            let h: Vec<u8> = (0..len).map(|_| b"ab :]"[(next() % 5) as usize]).collect();
+            let nlen = 2 + (next() % 4) as usize;
+            let n: Vec<u8> = (0..nlen).map(|_| b"ab :]"[(next() % 5) as usize]).collect();
+            if n.len() > h.len() {
+                continue;
+            }
+            let want = h.windows(n.len()).position(|w| w == n.as_slice());
+            assert_eq!(find_pair_sse2(&h, &n), want);
+        }
+    }
+
+    #[test]
+    fn byte_search_finds_the_first() {
+        let mut state = 0x0DDB_1A5E_5BAD_5EEDu64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..1_000_000 {
+            let len = (next() % 200) as usize;
+            let h: Vec<u8> = (0..len).map(|_| if next() % 90 == 0 { b'=' } else { b'a' }).collect();
+            assert_eq!(position(&h, b'='), h.iter().position(|&c| c == b'='));
+        }
+    }
+
+    #[test]
+    fn short_decimals_equal_the_full_parse() {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        for _ in 0..2_000_000 {
+            let r = next();
+            let digits = 1 + (r % 16) as usize;
+            let mut text = String::new();
+            if r & (1 << 8) != 0 {
+                text.push('-');
+            }
+            let point = ((r >> 9) % (digits as u64 + 2)) as usize;
+            for k in 0..digits {
+                if k == point {
+                    text.push('.');
+                }
+                text.push(char::from(b'0' + (next() % 10) as u8));
+            }
+            let fast = short_decimal(text.as_bytes());
+            if let Some(value) = fast {
+                let full = text.parse::<f64>().unwrap();
+                assert_eq!(value.to_bits(), full.to_bits(), "{text}");
+            }
+        }
     }
 }

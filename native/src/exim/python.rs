@@ -165,3 +165,17 @@ pub fn exim_parse_files(
         summary.event_types.into_iter().map(|(kind, count)| (kind.as_str(), count)).collect(),
     ))
 }
+
+/// `trackdelivery.events.make_event_id`, natively (for tests).
+#[pyfunction]
+#[pyo3(signature = (server, msgid, recipient, kind, time, attempt=0))]
+pub fn exim_event_id(
+    server: &str,
+    msgid: Option<&str>,
+    recipient: Option<&str>,
+    kind: &str,
+    time: f64,
+    attempt: i64,
+) -> String {
+    super::types::make_event_id(server, msgid, recipient, kind, time, attempt)
+}

@@ -318,23 +318,21 @@ pub fn make_event_id(
     time: f64,
     attempt: i64,
 ) -> String {
-    use blake2::digest::{Update, VariableOutput};
     let raw = format!(
         "{server}\u{1f}{}\u{1f}{}\u{1f}{kind}\u{1f}{time:.6}\u{1f}{attempt}",
         msgid.unwrap_or(""),
         recipient.unwrap_or("")
     );
+    use blake2::digest::{Update, VariableOutput};
     let mut hasher = blake2::Blake2bVar::new(12).expect("12 is a valid blake2b output size");
     hasher.update(raw.as_bytes());
     let mut digest = [0u8; 12];
     hasher.finalize_variable(&mut digest).expect("the buffer is the output size");
-    let mut hex = String::with_capacity(24);
-    for byte in digest {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        hex.push(DIGITS[(byte >> 4) as usize] as char);
-        hex.push(DIGITS[(byte & 15) as usize] as char);
-    }
-    hex
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    digest
+        .iter()
+        .flat_map(|byte| [DIGITS[(byte >> 4) as usize] as char, DIGITS[(byte & 15) as usize] as char])
+        .collect()
 }
 
 /// What the correlator needs from the reason classifier (`processors.exim.reasons.classify` plus
