@@ -286,8 +286,6 @@ def _parse_native(
     tz: datetime.tzinfo,
 ) -> None:
     """The same work as ``_parse_python`` in ``trackdelivery_native``: it reads the files and writes stdout."""
-    from processors.exim.parser import local_epoch
-
     pairs = [(path, server or server_name_for(path)) for path in inputs]
     now = time.time()
     progress = _progress(inputs)
@@ -310,7 +308,7 @@ def _parse_native(
             SCHEMA_VERSION,
             stdout.write,
             click.get_binary_stream("stdin").read if "-" in inputs else None,
-            None if tz is datetime.UTC else functools.partial(local_epoch, default_tz=tz),
+            None if tz is datetime.UTC else _local_epoch(tz),
             now,
             datetime.datetime.fromtimestamp(now, tz).year,
             report if progress else None,
@@ -329,6 +327,12 @@ def _parse_native(
         Counter({LineKind(kind): count for kind, count in kinds}),
         Counter({EventType(kind): count for kind, count in event_types}) if events_wanted else None,
     )
+
+
+def _local_epoch(tz: datetime.tzinfo) -> Callable[[str], float | None]:
+    from processors.exim.parser import local_epoch
+
+    return functools.partial(local_epoch, default_tz=tz)
 
 
 def _parse_python(

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::hash::{BuildHasherDefault, Hasher};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 
 use flate2::read::MultiGzDecoder;
 
@@ -67,9 +67,16 @@ impl<T: Copy + PartialEq> FirstSeenCounts<T> {
     }
 }
 
+/// Where the output goes, a chunk at a time.
+pub trait Sink {
+    /// Write all of `chunk` and leave it empty (or replace it with an empty buffer).
+    fn write_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<()>;
+    fn flush(&mut self) -> io::Result<()>;
+}
+
 /// Buffered output of JSON lines; written to the sink in chunks of about `WRITE_CHUNK` bytes.
 struct Output<'w> {
-    sink: &'w mut dyn Write,
+    sink: &'w mut dyn Sink,
     buffer: Vec<u8>,
     write_failed: bool,
 }
@@ -85,27 +92,15 @@ impl Output<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         if !self.buffer.is_empty() {
-            let written = self.sink.write_all(&self.buffer);
+            let written = self.sink.write_chunk(&mut self.buffer);
             self.write_failed = written.is_err();
             written?;
-            self.buffer.clear();
+            if self.buffer.capacity() < WRITE_CHUNK {
+                self.buffer.reserve(WRITE_CHUNK + 65_536);
+            }
         }
         Ok(())
     }
-}
-
-/// An event id (24 hex digits) as a number: the window's key. Another text (never made here) is hashed.
-fn id_key(event_id: &str) -> u128 {
-    if event_id.len() == 24 {
-        if let Ok(value) = u128::from_str_radix(event_id, 16) {
-            return value;
-        }
-    }
-    let mut hash: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
-    for &byte in event_id.as_bytes() {
-        hash = (hash ^ u128::from(byte)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
-    }
-    hash | (1 << 127) // outside the range of 24 hex digits
 }
 
 /// Hashes an event-id key: its bits are already a hash.
@@ -128,6 +123,9 @@ impl Hasher for IdHasher {
     }
 }
 
+/// The first capacity of an event's buffer: the room `push_event` reserves for a usual event.
+const EVENT_BUFFER: usize = 6144;
+
 struct Pending {
     line: u64,
     kind: EventType,
@@ -146,9 +144,9 @@ struct EventWindow {
 
 impl EventWindow {
     fn add(&mut self, line_number: u64, event: &DeliveryEvent) {
-        let mut json = self.spare.pop().unwrap_or_default();
+        let mut json = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(EVENT_BUFFER));
         push_event(&mut json, event);
-        let key = id_key(&event.event_id);
+        let key = event.event_id.key();
         if let Some(held) = self.pending.get_mut(&key) {
             held.kind = event.kind;
             std::mem::swap(&mut held.json, &mut json);
@@ -229,7 +227,7 @@ pub fn run(
     run: &mut Run<'_>,
     inputs: &[Input],
     mut stdin: Option<&mut dyn Read>,
-    sink: &mut dyn Write,
+    sink: &mut dyn Sink,
 ) -> Result<Summary, RunError> {
     let mut state = State {
         out: Output { sink, buffer: Vec::with_capacity(WRITE_CHUNK + 65_536), write_failed: false },
@@ -288,7 +286,10 @@ fn read_input(
         let mut reader = MultiGzDecoder::new(file);
         read_lines(run, state, index, input, &mut reader, |reader| reader.get_ref().get_ref().taken)
     } else {
-        read_lines(run, state, index, input, &mut file, |reader| reader.get_ref().taken)
+        // read straight into the line buffer (a BufReader would copy every chunk once more)
+        let head = io::Cursor::new(io::BufRead::fill_buf(&mut file)?.to_vec());
+        let mut reader = head.chain(file.into_inner());
+        read_lines(run, state, index, input, &mut reader, |reader| reader.get_ref().1.taken)
     }
 }
 
@@ -355,9 +356,10 @@ fn one_line(
     }
     let at = state.total_lines + number;
     run.correlator.feed(server, line, run.classifier, &mut state.produced);
-    for event in state.produced.drain(..) {
-        state.window.add(at, &event);
+    for event in &state.produced {
+        state.window.add(at, event);
     }
+    state.produced.clear();
     if number.is_multiple_of(WINDOW_CHECK_EVERY) {
         state.drain(at.saturating_sub(WINDOW_LINES))?;
     }

@@ -1,15 +1,14 @@
 //! The Python face of the native Exim pipeline: `exim_parse_files`, called by `trackdelivery parse`.
 
 use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::rc::Rc;
 
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 
 use super::correlator::Correlator;
-use super::driver::{run, Input, Run};
+use super::driver::{run, Input, Run, Sink};
 use super::encode::SCHEMA_VERSION;
 use super::parser::UtcClock;
 use super::reasons::Classifier;
@@ -56,20 +55,30 @@ impl LocalClock for PythonClock<'_> {
     }
 }
 
-/// A Python binary stream's `write` as an `io::Write` (called once per output chunk).
+/// A Python binary stream's `write`, called once per output chunk with a read-only memoryview of
+/// the chunk (no copy into a bytes object); the view is released once `write` returns, so a stream
+/// that kept it gets an error on use instead of reading freed memory. If the view cannot be released
+/// (the stream holds a buffer export of it), the chunk is leaked rather than freed.
 struct PythonWriter<'py> {
     write: Bound<'py, PyAny>,
 }
 
-impl Write for PythonWriter<'_> {
-    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        self.write_all(data)?;
-        Ok(data.len())
-    }
-
-    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+impl Sink for PythonWriter<'_> {
+    fn write_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<()> {
         let py = self.write.py();
-        self.write.call1((PyBytes::new(py, data),)).map(drop).map_err(|error| python_io_error(py, error))
+        let size = pyo3::ffi::Py_ssize_t::try_from(chunk.len()).map_err(io::Error::other)?;
+        // SAFETY: the view covers `chunk`, which is neither changed nor freed before the view is
+        // released below (or is leaked when it cannot be released).
+        let view = unsafe {
+            let pointer = pyo3::ffi::PyMemoryView_FromMemory(chunk.as_mut_ptr().cast(), size, pyo3::ffi::PyBUF_READ);
+            Bound::from_owned_ptr_or_err(py, pointer).map_err(|error| python_io_error(py, error))?
+        };
+        let written = self.write.call1((&view,)).map(drop).map_err(|error| python_io_error(py, error));
+        if view.call_method0("release").is_err() {
+            std::mem::forget(std::mem::take(chunk));
+        }
+        chunk.clear();
+        written
     }
 
     fn flush(&mut self) -> io::Result<()> {

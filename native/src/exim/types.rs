@@ -262,8 +262,8 @@ pub struct DeliveryEvent {
     pub bounce_msgid: Option<Text>,
     pub parent_msgid: Option<Text>,
     pub delivered_to: Option<Text>,
-    /// Empty until `ensure_event_id` (Python computes it in `__post_init__` when not given).
-    pub event_id: String,
+    /// All zero until set (Python computes it in `__post_init__` when not given).
+    pub event_id: EventId,
 }
 
 impl DeliveryEvent {
@@ -304,8 +304,36 @@ impl DeliveryEvent {
             bounce_msgid: None,
             parent_msgid: None,
             delivered_to: None,
-            event_id: String::new(),
+            event_id: EventId::default(),
         }
+    }
+}
+
+/// An event id: the 12 bytes of its blake2b digest, held inline (written as 24 hex digits).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EventId(pub [u8; 12]);
+
+impl EventId {
+    /// The 24 lower-case hex digits of the id.
+    pub fn hex(&self) -> [u8; 24] {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut hex = [0u8; 24];
+        for (pair, byte) in hex.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[(byte >> 4) as usize];
+            pair[1] = DIGITS[(byte & 15) as usize];
+        }
+        hex
+    }
+
+    /// The id as a number (the digest's bytes, big-endian): a key without collisions.
+    pub fn key(&self) -> u128 {
+        let mut bytes = [0u8; 16];
+        bytes[4..].copy_from_slice(&self.0);
+        u128::from_be_bytes(bytes)
+    }
+
+    pub fn to_hex_string(self) -> String {
+        String::from_utf8_lossy(&self.hex()).into_owned()
     }
 }
 
