@@ -219,3 +219,80 @@ def test_an_unreadable_input_is_a_clear_error(tmp_path: Path, fleet: Path) -> No
     assert code == 1
     assert f"cannot read {broken}" in stderr
     assert "Traceback" not in stderr
+
+
+# -- the parts, in process: many more inputs than the command runs can take ---------------------------------
+
+
+def test_each_line_parses_to_the_same_fields_with_both_parsers() -> None:
+    """Every corpus line and 30,000 mutated ones, field by field (``extra`` in order), also in a fixed zone."""
+    import dataclasses
+    from datetime import timedelta, timezone
+
+    import trackdelivery_native
+
+    from processors.exim.parser import parse_line
+
+    rng = random.Random(11)
+    real = [line for path in corpus_files() for line in path.read_bytes().split(b"\n") if not path.name.endswith(".gz")]
+    inputs = real + [mutate(rng, rng.choice(real)) for _ in range(30_000)] + [rng.randbytes(80) for _ in range(2000)]
+    differences = []
+    for raw in inputs:
+        for hours in (None, 5.5):
+            zone = timezone(timedelta(hours=hours)) if hours is not None else None
+            want = dataclasses.asdict(parse_line(raw, default_tz=zone) if zone else parse_line(raw))
+            want["kind"] = str(want["kind"])
+            got = trackdelivery_native.exim_parse_line_fields(raw, hours)
+            if got != want or list(got["extra"]) != list(want["extra"]):
+                differences.append((raw[:200], hours, {k: (got.get(k), v) for k, v in want.items() if got.get(k) != v}))
+    assert not differences, f"{len(differences)} lines differ, first: {differences[:3]}"
+
+
+def test_the_native_classifier_gives_the_python_reason_and_rule() -> None:
+    """Every deferral, failure and rejection text of the corpus, under every kind and several codes and
+    phases, plus mutated texts."""
+    import trackdelivery_native
+
+    from processors.exim.parser import parse_line
+    from processors.exim.reasons import classify
+
+    texts = []
+    for path in corpus_files():
+        for raw in path.read_bytes().split(b"\n"):
+            line = parse_line(raw)
+            if line.error:
+                texts.append((line.error, line.smtp_code, line.enhanced_code, line.errno, line.smtp_phase))
+    assert len(texts) > 300
+    rng = random.Random(5)
+    for _ in range(5000):
+        text = mutate(rng, rng.choice(texts)[0].encode()).decode(errors="replace")
+        texts.append((text, rng.choice([None, 421, 450, 550, 554, 999]), rng.choice([None, "5.7.1", "4.2.2", "x"])))
+        texts[-1] += (rng.choice([None, -44, -53, 111, 5000]), rng.choice([None, "rcpt", "data", "nonsense"]))
+    native = trackdelivery_native.NativeClassifier()
+    differences = []
+    for text, code, enhanced, errno, phase in texts:
+        for kind in ("defer", "fail", "reject"):
+            want = classify(text=text, smtp_code=code, enhanced_code=enhanced, errno=errno, phase=phase, kind=kind)
+            got = native.classify(text, code, enhanced, errno, phase, kind)
+            if got != (want.reason.value, want.rule):
+                differences.append((text[:200], code, enhanced, errno, phase, kind, got, want.rule))
+    assert not differences, f"{len(differences)} of {3 * len(texts)} differ, first: {differences[:3]}"
+
+
+def test_event_ids_are_the_python_ones() -> None:
+    import trackdelivery_native
+
+    from trackdelivery.events import make_event_id
+
+    rng = random.Random(2)
+    for _ in range(20_000):
+        server = "srv" + "".join(chr(rng.randint(32, 0x2FFF)) for _ in range(rng.randint(0, 200)))
+        args = (
+            server,
+            rng.choice([None, "1tsxAK-0000000Gk9-0aBc", ""]),
+            rng.choice([None, "bob@example.com", "é@x", "x" * rng.randint(0, 300)]),
+            rng.choice(["delivered", "deferred", "rejected"]),
+            rng.uniform(0, 2e9) if rng.random() < 0.5 else float(rng.randint(0, 2**31)),
+            rng.randint(0, 30),
+        )
+        assert trackdelivery_native.exim_event_id(*args) == make_event_id(*args), args
