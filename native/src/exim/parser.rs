@@ -12,11 +12,12 @@ use std::mem::MaybeUninit;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::parser_prefix::{
-    bsd_epoch, match_bsd, match_part, match_pid, match_prefix, match_syslog_tag, prefix_epoch, Prefix,
+    bsd_epoch, common_parts, epoch, match_bsd, match_part, match_pid, match_prefix, match_syslog_tag, prefix_epoch,
+    stamp_only, Prefix, Zone,
 };
 use super::parser_text::{
     advance, char_len, contains, contains_within, eq_char_index, find, find_byte, first_char, is_alpha, is_upper,
-    printable, py_float, rfind, to_int, unescape,
+    position, printable, py_float, rfind, to_int, unescape,
 };
 use super::types::{LineKind, LocalClock, ParsedLine};
 
@@ -177,16 +178,85 @@ fn is_ascii(bytes: &[u8]) -> bool {
     bytes.is_ascii()
 }
 
-/// `*p = ParsedLine::new(LineKind::Unknown, raw)`, keeping the vectors' capacity.
+/// `*p = ParsedLine::new(LineKind::Unknown, raw)`, keeping the vectors' capacity (field by field: no
+/// temporary line is built and copied).
 #[inline]
-fn reset<'a>(p: &mut ParsedLine<'a>, raw: Cow<'a, str>) {
-    let mut parents = std::mem::take(&mut p.parents);
-    let mut recipients = std::mem::take(&mut p.recipients);
-    let mut extra = std::mem::take(&mut p.extra);
+fn reset<'a>(p: &mut ParsedLine<'a>, text: Cow<'a, str>) {
+    // every field named (no `..`): a field added to ParsedLine must be added here
+    let ParsedLine {
+        kind,
+        raw,
+        time,
+        msgid,
+        pid,
+        address,
+        parents,
+        sender,
+        recipients,
+        router,
+        transport,
+        bounce_parent,
+        host,
+        helo,
+        host_ip,
+        host_port,
+        host_reused,
+        interface_ip,
+        user,
+        auth,
+        protocol,
+        size,
+        subject,
+        message_id_header,
+        tls,
+        confirmation,
+        errno,
+        error,
+        smtp_code,
+        enhanced_code,
+        smtp_phase,
+        spam_score,
+        is_spam,
+        cpanel_domain,
+        detail,
+        extra,
+    } = p;
+    *kind = LineKind::Unknown;
+    *raw = text;
+    *time = None;
+    *msgid = None;
+    *pid = None;
+    *address = None;
     parents.clear();
+    *sender = None;
     recipients.clear();
+    *router = None;
+    *transport = None;
+    *bounce_parent = None;
+    *host = None;
+    *helo = None;
+    *host_ip = None;
+    *host_port = None;
+    *host_reused = false;
+    *interface_ip = None;
+    *user = None;
+    *auth = None;
+    *protocol = None;
+    *size = None;
+    *subject = None;
+    *message_id_header = None;
+    *tls = None;
+    *confirmation = None;
+    *errno = None;
+    *error = None;
+    *smtp_code = None;
+    *enhanced_code = None;
+    *smtp_phase = None;
+    *spam_score = None;
+    *is_spam = None;
+    *cpanel_domain = None;
+    *detail = None;
     extra.clear();
-    *p = ParsedLine { parents, recipients, extra, ..ParsedLine::new(LineKind::Unknown, raw) };
 }
 
 /// A line that is not valid UTF-8: parsed from its repaired text, then detached from it.
@@ -298,9 +368,27 @@ fn parse_text<'a>(p: &mut ParsedLine<'a>, line: &'a str, size: usize, clock: &mu
     if size > MAX_RAW + 2 {
         c.p.set_extra("truncated_from", size.to_string());
     }
+    if let Some((stamp_text, utc_base, msgid, end)) = common_parts(line) {
+        // the usual `YYYY-MM-DD HH:MM:SS [msgid ]` (what `match_prefix` and `apply_prefix` do for it)
+        if msgid.is_some() || !tag_end_within(line, end) {
+            let t = if clock.is_utc() {
+                utc_base
+            } else {
+                stamp_only(line, 0).and_then(|stamp| epoch(&stamp, Zone::Default, clock))
+            };
+            c.p.time = t;
+            if t.is_none() {
+                c.set_extra("bad_time", stamp_text);
+            }
+            if let Some(msgid) = msgid {
+                c.p.msgid = Some(Cow::Borrowed(msgid));
+            }
+            return c.body(&line[end..]);
+        }
+    }
     let mut m = match_prefix(line, 0);
     if let Some(found) = &m {
-        if found.pid.is_none() && found.msgid.is_none() && contains_within(line, "]: ", found.end, 300) {
+        if found.pid.is_none() && found.msgid.is_none() && tag_end_within(line, found.end) {
             m = None; // a syslog tag follows the timestamp
         }
     }
@@ -328,32 +416,74 @@ fn parse_text<'a>(p: &mut ParsedLine<'a>, line: &'a str, size: usize, clock: &mu
             pos
         }
     };
-    let rest = &line[pos..];
-    if rest.is_empty() {
-        c.p.detail = Some(Cow::Borrowed("nothing after the prefix"));
-        return if c.err { Err(()) } else { Ok(()) };
-    }
-    let rb = rest.as_bytes();
-    let flag = if rb.len() >= 2 { flag_kind(&rb[..2]) } else { None };
-    match flag {
-        Some(kind) if rb.get(2) == Some(&b' ') || (c.p.msgid.is_some() && rb.len() > 2) => {
-            c.p.kind = kind;
-            let body = if rb.get(2) == Some(&b' ') { &rest[3..] } else { &rest[2..] };
-            let body = body.trim_start_matches(' ');
-            if body.is_empty() {
-                c.p.kind = LineKind::Unknown;
-                c.p.detail = Some(Cow::Borrowed("flag without a body"));
-            } else {
-                match kind {
-                    LineKind::Arrival | LineKind::FakeReject => with_tokens(body, |t| c.arrival(t)),
-                    LineKind::Failure | LineKind::Deferral => with_tokens(body, |t| c.failure_or_deferral(t)),
-                    _ => with_tokens(body, |t| c.delivery(t)),
+    c.body(&line[pos..])
+}
+
+impl<'a> Ctx<'a, '_> {
+    /// The rest of `_parse` once the prefix is read: `rest` is what follows it.
+    fn body(self, rest: &'a str) -> Result<(), ()> {
+        let mut c = self;
+        if rest.is_empty() {
+            c.p.detail = Some(Cow::Borrowed("nothing after the prefix"));
+            return if c.err { Err(()) } else { Ok(()) };
+        }
+        let rb = rest.as_bytes();
+        let flag = if rb.len() >= 2 { flag_kind(&rb[..2]) } else { None };
+        match flag {
+            Some(kind) if rb.get(2) == Some(&b' ') || (c.p.msgid.is_some() && rb.len() > 2) => {
+                c.p.kind = kind;
+                let body = if rb.get(2) == Some(&b' ') { &rest[3..] } else { &rest[2..] };
+                let body = body.trim_start_matches(' ');
+                if body.is_empty() {
+                    c.p.kind = LineKind::Unknown;
+                    c.p.detail = Some(Cow::Borrowed("flag without a body"));
+                } else {
+                    match kind {
+                        LineKind::Arrival | LineKind::FakeReject => with_tokens(body, |t| c.arrival(t)),
+                        LineKind::Failure | LineKind::Deferral => with_tokens(body, |t| c.failure_or_deferral(t)),
+                        _ => match quoted_span(body, b" C=") {
+                            Some(span) => with_quoted_span(body, span, |t| c.delivery(t)),
+                            None => with_tokens(body, |t| c.delivery(t)),
+                        },
+                    }
                 }
             }
+            _ => c.words_line(rest),
         }
-        _ => c.words_line(rest),
+        c.finish()
     }
-    c.finish()
+}
+
+/// `contains_within(line, "]: ", start, 300)`: a syslog tag's end within 300 characters of `start`.
+#[inline]
+fn tag_end_within(line: &str, start: usize) -> bool {
+    let b = line.as_bytes();
+    let Some(window) = b.get(start..b.len().min(start.saturating_add(300))) else { return false };
+    let mut from = 0;
+    while let Some(found) = position(&window[from..], b']') {
+        let k = from + found;
+        if window.get(k + 1..k + 3) == Some(b": ") {
+            return true; // it ends within 300 bytes, so within 300 characters
+        }
+        from = k + 1;
+    }
+    // none within 300 bytes: nor within 300 characters when they are the same
+    !is_ascii(window) && contains_within(line, "]: ", start, 300)
+}
+
+/// The byte index of the first '=' of `tok` when its character index is in 1..limit
+/// (`eq_char_index(tok).filter(|(_, at)| 0 < at && at < limit)`), ASCII heads without counting.
+#[inline]
+pub(super) fn tag_eq(tok: &str, limit: usize) -> Option<usize> {
+    for (at, &c) in tok.as_bytes().iter().enumerate().take(limit) {
+        if c == b'=' {
+            return (at > 0).then_some(at);
+        }
+        if c >= 0x80 {
+            return eq_char_index(tok).filter(|&(_, at)| at > 0 && at < limit).map(|(eq, _)| eq);
+        }
+    }
+    None // the first `limit` characters are ASCII and hold no '='
 }
 
 fn flag_kind(flag: &[u8]) -> Option<LineKind> {
@@ -375,36 +505,122 @@ const STACK_TOKENS: usize = 48;
 /// Splits `s` on single spaces (`s.split(" ")`) into a stack buffer (a vector when it is too small) and
 /// hands the tokens to `f`.
 pub(super) fn with_tokens<'a, R>(s: &'a str, f: impl FnOnce(&[&'a str]) -> R) -> R {
+    with_tokens_span(s, None, f)
+}
+
+/// A quoted `tag="..."` value of a flagged line's body that may be handed over as one token: `(at, close)`
+/// where `at` is the space before the tag and `close` the space after the word that ends the value (None:
+/// the value runs to the end). Only when no quote comes before it, so that nothing before the value
+/// reads into it, and `take_quoted` then reads exactly those words and joins them back.
+fn quoted_span(body: &str, tag: &[u8; 3]) -> Option<(usize, Option<usize>)> {
+    let b = body.as_bytes();
+    let quote = position(b, b'"')?;
+    if quote < 3 || &b[quote - 3..quote] != tag {
+        return None;
+    }
+    let at = quote - 3;
+    let mut from = quote + 1;
+    while let Some(found) = position(&b[from..], b'"') {
+        let q = from + found;
+        if q + 1 == b.len() {
+            break;
+        }
+        if b[q + 1] == b' ' {
+            // this word ends with a quote: it closes the value unless the backslashes before it are odd
+            let mut k = q;
+            while k > quote + 1 && b[k - 1] == b'\\' {
+                k -= 1;
+            }
+            if (q - k) % 2 == 0 {
+                return Some((at, Some(q + 1)));
+            }
+        }
+        from = q + 1;
+    }
+    Some((at, None))
+}
+
+/// `with_tokens(body)` where `quoted_span` found `span`: the words before it, the value as one token, then
+/// the words after it.
+fn with_quoted_span<'a, R>(body: &'a str, span: (usize, Option<usize>), f: impl FnOnce(&[&'a str]) -> R) -> R {
+    let (at, close) = span;
+    match close {
+        None => with_tokens_span(&body[..at], Some((&body[at + 1..], None)), f),
+        Some(close) => with_tokens_span(&body[..at], Some((&body[at + 1..close], Some(&body[close + 1..]))), f),
+    }
+}
+
+/// The words of `s`, then (when given) one more token and the words of one more text.
+fn with_tokens_span<'a, R>(s: &'a str, span: Option<(&'a str, Option<&'a str>)>, f: impl FnOnce(&[&'a str]) -> R) -> R {
     // not initialised up front (that alone cost more than splitting a short line)
     let mut buffer: [MaybeUninit<&'a str>; STACK_TOKENS] = [const { MaybeUninit::uninit() }; STACK_TOKENS];
     let mut count = 0;
-    let mut start = 0;
-    let stopped = for_each_space(s.as_bytes(), 0, |at| {
-        if count == STACK_TOKENS - 1 {
-            return false;
+    // where the words stopped fitting: (which text, from which byte of it)
+    let mut stopped = push_words(s, &mut buffer, &mut count).map(|from| (0, from));
+    if let (None, Some((word, rest))) = (stopped, span) {
+        if count < STACK_TOKENS {
+            buffer[count].write(word);
+            count += 1;
+            if let Some(rest) = rest {
+                stopped = push_words(rest, &mut buffer, &mut count).map(|from| (2, from));
+            }
+        } else {
+            stopped = Some((1, 0));
         }
-        buffer[count].write(between_spaces(s, start, at));
-        count += 1;
-        start = at + 1;
-        true
-    });
-    let ready = |buffer: &[MaybeUninit<&'a str>], count: usize| -> &[&'a str] {
-        // SAFETY: the first `count` entries were written above, and `MaybeUninit<T>` has `T`'s layout.
-        unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<&'a str>(), count) }
-    };
-    if !stopped {
-        buffer[count].write(&s[start..]);
-        return f(ready(&buffer, count + 1));
     }
+    // SAFETY: the first `count` entries were written above, and `MaybeUninit<T>` has `T`'s layout.
+    let written = unsafe { std::slice::from_raw_parts(buffer.as_ptr().cast::<&'a str>(), count) };
+    let Some((part, from)) = stopped else { return f(written) };
+    // too many for the stack: the rest goes to a vector
     let mut all: Vec<&'a str> = Vec::with_capacity(STACK_TOKENS * 4);
-    all.extend_from_slice(ready(&buffer, count));
-    for_each_space(s.as_bytes(), start, |at| {
+    all.extend_from_slice(written);
+    if part == 0 {
+        push_all_words(s, from, &mut all);
+    }
+    if let Some((word, rest)) = span {
+        if part <= 1 {
+            all.push(word);
+        }
+        if let Some(rest) = rest {
+            push_all_words(rest, if part == 2 { from } else { 0 }, &mut all);
+        }
+    }
+    f(&all)
+}
+
+/// Appends the words of `s[from..]` (`from` is 0 or just after a space) to `all`.
+fn push_all_words<'a>(s: &'a str, from: usize, all: &mut Vec<&'a str>) {
+    let mut start = from;
+    for_each_space(s.as_bytes(), from, |at| {
         all.push(between_spaces(s, start, at));
         start = at + 1;
         true
     });
     all.push(&s[start..]);
-    f(&all)
+}
+
+/// Appends the words of `s` to `buffer` from `count` on; when they do not all fit, those that do are
+/// written and the offset where the rest starts is returned.
+#[inline]
+fn push_words<'a>(s: &'a str, buffer: &mut [MaybeUninit<&'a str>; STACK_TOKENS], count: &mut usize) -> Option<usize> {
+    let mut n = *count;
+    let mut start = 0;
+    let stopped = for_each_space(s.as_bytes(), 0, |at| {
+        if n == STACK_TOKENS {
+            return false;
+        }
+        buffer[n].write(between_spaces(s, start, at));
+        n += 1;
+        start = at + 1;
+        true
+    });
+    *count = n;
+    if stopped || n == STACK_TOKENS {
+        return Some(start);
+    }
+    buffer[n].write(&s[start..]);
+    *count = n + 1;
+    None
 }
 
 /// `&s[start..at]` where `at` is a space and `start` is 0 or just after a space (both char boundaries).
@@ -927,8 +1143,8 @@ impl<'a> Ctx<'a, '_> {
         while i < n {
             let tok = tokens[i];
             i += 1;
-            let eq = eq_char_index(tok).filter(|&(_, at)| at > 0 && at < 9 && is_alpha(first_char(tok)));
-            if let Some((eq, _)) = eq {
+            let eq = tag_eq(tok, 9).filter(|_| is_alpha(first_char(tok)));
+            if let Some(eq) = eq {
                 let tag = &tok[..eq];
                 let mut value = &tok[eq + 1..];
                 if tag == "C" || (starts(value, b'"') && (tag == "DN" || tag == "T")) {

@@ -52,36 +52,64 @@ fn expect(b: &[u8], at: usize, byte: u8) -> Option<usize> {
     (b.get(at) == Some(&byte)).then_some(at + 1)
 }
 
-#[derive(Clone, Copy)]
-struct LastStamp {
-    /// The stamp's 19 bytes as three overlapping words (bytes 0..8, 8..16 and 15..19).
-    text: (u64, u64, u32),
-    stamp: Stamp,
-    utc_base: Option<f64>,
-}
+/// The minute of the last all-ASCII stamp read (a log repeats each minute over many lines): its first 16
+/// bytes (`YYYY-MM-DD HH:MM`), the UTC epoch of its second 0 (`NO_BASE` when the stamp is not valid) and
+/// its year, month, day, hour and minute packed (`pack`). The key starts as bytes no text holds.
+type LastMinute = (u128, i64, u64);
+
+const NO_BASE: i64 = i64::MIN;
 
 thread_local! {
-    /// The last all-ASCII stamp read: a log repeats each second over several lines.
-    static LAST_STAMP: std::cell::Cell<Option<LastStamp>> = const { std::cell::Cell::new(None) };
+    static LAST_MINUTE: std::cell::Cell<LastMinute> = const { std::cell::Cell::new((u128::MAX, NO_BASE, 0)) };
 }
 
-/// The stamp at `at`, its UTC epoch and its end; the last all-ASCII one is remembered.
+fn pack(stamp: &Stamp) -> u64 {
+    (stamp.year as u64) << 32
+        | (stamp.month as u64) << 24
+        | (stamp.day as u64) << 16
+        | (stamp.hour as u64) << 8
+        | stamp.minute as u64
+}
+
+fn unpack(packed: u64, second: i64) -> Stamp {
+    Stamp {
+        year: (packed >> 32) as i64,
+        month: (packed >> 24 & 0xff) as i64,
+        day: (packed >> 16 & 0xff) as i64,
+        hour: (packed >> 8 & 0xff) as i64,
+        minute: (packed & 0xff) as i64,
+        second,
+    }
+}
+
+/// The stamp at `at`, its UTC epoch and its end; the minute of the last all-ASCII one is remembered.
+#[inline]
 fn stamp_with_base(s: &str, at: usize) -> Option<(Stamp, Option<f64>, usize)> {
     let Some(text) = s.as_bytes().get(at..at + 19) else {
         let (stamp, end) = stamp_at(s, at)?;
         return Some((stamp, epoch_utc(&stamp), end));
     };
-    let word = |from: usize| u64::from_le_bytes(text[from..from + 8].try_into().unwrap_or([0; 8]));
-    let key = (word(0), word(8), u32::from_le_bytes(text[15..19].try_into().unwrap_or([0; 4])));
-    if let Some(last) = LAST_STAMP.get() {
-        if last.text == key {
-            return Some((last.stamp, last.utc_base, at + 19));
+    let key = u128::from_le_bytes(text[..16].try_into().unwrap_or([0; 16]));
+    let (last_key, base, packed) = LAST_MINUTE.get();
+    if last_key == key {
+        let (tens, ones) = (text[17].wrapping_sub(b'0'), text[18].wrapping_sub(b'0'));
+        if text[16] == b':' && tens <= 9 && ones <= 9 {
+            let second = i64::from(tens * 10 + ones);
+            let utc_base = (base != NO_BASE && second < 61).then(|| (base + second) as f64);
+            return Some((unpack(packed, second), utc_base, at + 19));
         }
     }
+    stamp_miss(s, at, key)
+}
+
+#[inline(never)]
+fn stamp_miss(s: &str, at: usize, key: u128) -> Option<(Stamp, Option<f64>, usize)> {
     let (stamp, end) = stamp_at(s, at)?;
     let utc_base = epoch_utc(&stamp);
     if end == at + 19 {
-        LAST_STAMP.set(Some(LastStamp { text: key, stamp, utc_base }));
+        // 19 characters in 19 bytes: all ASCII, so the year is below 10000 and the rest below 100
+        let minute = epoch_utc(&Stamp { second: 0, ..stamp }).map_or(NO_BASE, |base| base as i64);
+        LAST_MINUTE.set((key, minute, pack(&stamp)));
     }
     Some((stamp, utc_base, end))
 }
@@ -254,6 +282,48 @@ fn common_prefix(s: &str) -> Option<Prefix<'_>> {
         msgid,
         end: skip_spaces(b, i),
     })
+}
+
+/// `common_prefix` without building a `Prefix`: (stamp text, UTC epoch, msgid, end). The stamp itself
+/// (for a clock that is not UTC) is `stamp_at(s, 0)`.
+#[inline]
+pub fn common_parts(s: &str) -> Option<(&str, Option<f64>, Option<&str>, usize)> {
+    let b = s.as_bytes();
+    if b.len() < 21 || b[19] != b' ' || matches!(b[20], b'+' | b'-' | b'[' | b' ') {
+        return None;
+    }
+    let utc_base = base19(s)?;
+    let mut msgid = None;
+    let mut i = 19;
+    if let Some(end) = msgid_len(b, 20) {
+        if at_gap(b, end) {
+            msgid = Some(&s[20..end]);
+            i = end;
+        }
+    }
+    Some((&s[..19], utc_base, msgid, skip_spaces(b, i)))
+}
+
+/// `stamp_with_base(s, 0)` when the stamp ends at byte 19, as its UTC epoch only (None: no such stamp).
+#[inline]
+fn base19(s: &str) -> Option<Option<f64>> {
+    let text = s.as_bytes().get(..19)?;
+    let key = u128::from_le_bytes(text[..16].try_into().unwrap_or([0; 16]));
+    let (last_key, base, _) = LAST_MINUTE.get();
+    if last_key == key {
+        let (tens, ones) = (text[17].wrapping_sub(b'0'), text[18].wrapping_sub(b'0'));
+        if text[16] == b':' && tens <= 9 && ones <= 9 {
+            let second = i64::from(tens * 10 + ones);
+            return Some((base != NO_BASE && second < 61).then(|| (base + second) as f64));
+        }
+    }
+    let (_, utc_base, end) = stamp_miss(s, 0, key)?;
+    (end == 19).then_some(utc_base)
+}
+
+/// The stamp at `at` (`YYYY-MM-DD HH:MM:SS`), without its epoch.
+pub fn stamp_only(s: &str, at: usize) -> Option<Stamp> {
+    stamp_at(s, at).map(|(stamp, _)| stamp)
 }
 
 /// A `_BSD_TIME_RE` match: month name, day, hour, minute, second, end.

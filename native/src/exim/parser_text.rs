@@ -71,6 +71,9 @@ pub fn decimal_value(c: char) -> Option<u32> {
 
 /// `s.isdigit()`: not empty and every character a digit.
 pub fn is_digit_str(s: &str) -> bool {
+    if s.bytes().all(|c| c.is_ascii_digit()) {
+        return !s.is_empty();
+    }
     !s.is_empty() && s.chars().all(is_digit_char)
 }
 
@@ -259,7 +262,7 @@ pub fn find_byte(s: &str, byte: u8) -> Option<usize> {
 /// The first `byte` in `b`: sixteen bytes a step from 16 bytes on, else byte by byte; memchr (whose
 /// call costs more than a short search) for long texts.
 #[inline]
-fn position(b: &[u8], byte: u8) -> Option<usize> {
+pub(super) fn position(b: &[u8], byte: u8) -> Option<usize> {
     if b.len() >= 128 {
         return memchr::memchr(byte, b);
     }

@@ -5,9 +5,9 @@ use std::borrow::Cow;
 
 use super::parser::{strip_angle, with_tokens, Ctx, MAX_ITEMS};
 use super::parser_text::{
-    advance, code_at, contains, contains_within, eq_char_index, find, find_byte, find_in, first_char, is_digit_str,
-    is_msgid, is_upper, partition, partition3, prefix_chars, py_float, py_lstrip, py_strip, py_upper,
-    spam_score_search, split_space,
+    advance, code_at, contains, contains_within, find, find_byte, find_in, first_char, is_digit_str, is_msgid,
+    is_upper, partition, partition3, prefix_chars, py_float, py_lstrip, py_strip, py_upper, spam_score_search,
+    split_space,
 };
 use super::types::LineKind;
 
@@ -63,8 +63,8 @@ impl<'a> Ctx<'a, '_> {
         let n = tokens.len();
         while i < n {
             let tok = tokens[i];
-            let eq = eq_char_index(tok).filter(|&(_, at)| at > 0 && at < 7);
-            let Some((eq, _)) = eq.filter(|_| is_upper(first_char(tok))) else {
+            let eq = super::parser::tag_eq(tok, 7);
+            let Some(eq) = eq.filter(|_| is_upper(first_char(tok))) else {
                 if !tok.is_empty() {
                     return i;
                 }
@@ -246,10 +246,19 @@ impl<'a> Ctx<'a, '_> {
     }
 
     /// `_host_line`: lines led by `H=` (or `U=`/`F=`).
-    fn host_line(&mut self, tokens: &[&'a str]) {
-        let n = tokens.len();
-        let j = self.session(tokens, 0);
-        let mut text = if j < n { self.join(&tokens[j..]) } else { &self.line[..0] };
+    fn host_line(&mut self, rest: &'a str) {
+        let mut text = match self.session_fast(rest) {
+            Some(text) => text,
+            None => with_tokens(rest, |tokens| {
+                let n = tokens.len();
+                let j = self.session(tokens, 0);
+                if j < n {
+                    self.join(&tokens[j..])
+                } else {
+                    &self.line[..0]
+                }
+            }),
+        };
         if let Some(rest) = text.strip_prefix(": ") {
             text = rest;
         } else if text == ":" {
@@ -280,8 +289,17 @@ impl<'a> Ctx<'a, '_> {
 
     /// `_fullhost_after`: the client `name (helo) [ip]:port I= Ci= D=` after `marker`; what follows.
     fn fullhost_after(&mut self, text: &'a str, marker: &str) -> &'a str {
-        let Some(k) = find(text, marker) else { return text };
+        // `find(text, marker)`, known for the usual texts (their heads hold no other "from ")
+        let known = match marker {
+            "from " if text.starts_with("connection from ") => Some(11),
+            "from " if text.starts_with("from ") => Some(0),
+            _ => None,
+        };
+        let Some(k) = known.or_else(|| find(text, marker)) else { return text };
         let after = &text[k + marker.len()..];
+        if let Some(rest) = self.fullhost_fast(after) {
+            return rest;
+        }
         with_tokens(after, |tokens| {
             if tokens[0].is_empty() {
                 return &after[..0];
@@ -296,14 +314,65 @@ impl<'a> Ctx<'a, '_> {
         })
     }
 
+    /// `fullhost_after`'s tokens for the usual shapes `[ip]:port`, `name [ip]:port`, `name (helo) [ip]:port`
+    /// followed by plain tags and text, single-spaced; None (nothing set) for any other.
+    fn fullhost_fast(&mut self, after: &'a str) -> Option<&'a str> {
+        if self.p.host.is_some() || self.p.helo.is_some() || self.p.host_ip.is_some() || self.p.host_port.is_some() {
+            return None; // an earlier H= (only the general path knows how they combine)
+        }
+        let host = fast_host(after, 0)?;
+        let (tags, count, rest) = fast_tags(after, host.end)?;
+        self.commit_fast(&host, &tags[..count]);
+        Some(rest)
+    }
+
+    /// `_session` then the text after it for a line led by `H=` in the usual shapes (see `fast_host` and
+    /// `fast_tags`); None (nothing set) for any other.
+    fn session_fast(&mut self, rest: &'a str) -> Option<&'a str> {
+        if !rest.starts_with("H=") || self.p.host.is_some() || self.p.helo.is_some() || self.p.host_ip.is_some() {
+            return None;
+        }
+        let host = fast_host(rest, 2)?;
+        let (tags, count, text) = fast_tags(rest, host.end)?;
+        self.commit_fast(&host, &tags[..count]);
+        Some(text)
+    }
+
+    fn commit_fast(&mut self, host: &FastHost<'a>, tags: &[(&'a str, &'a str)]) {
+        if let Some(name) = host.host {
+            self.p.host = Some(Cow::Borrowed(name));
+        }
+        if let Some(helo) = host.helo {
+            self.p.helo = Some(Cow::Borrowed(helo));
+        }
+        self.p.host_ip = Some(Cow::Borrowed(host.ip));
+        if host.port.is_some() {
+            self.p.host_port = host.port;
+        }
+        for &(tag, value) in tags {
+            match tag {
+                "F" => self.p.sender = Some(Cow::Borrowed(strip_angle(value))),
+                "U" => self.p.user = Some(Cow::Borrowed(value)),
+                "A" => self.p.auth = Some(Cow::Borrowed(value)),
+                "I" => self.interface(value),
+                "X" => self.p.tls = Some(Cow::Borrowed(value)),
+                "P" => self.p.protocol = Some(Cow::Borrowed(value)),
+                "S" => self.p.size = self.int_of(value),
+                _ => self.set_extra(tag, value),
+            }
+        }
+    }
+
     /// `_words_line`: unflagged lines, dispatched on the first word.
     pub(super) fn words_line(&mut self, rest: &'a str) {
-        let (first, tail) = partition(rest, " ");
+        // `partition(rest, " ")`
+        let end = word_end(rest.as_bytes(), 0);
+        let (first, tail) = (&rest[..end], &rest[(end + 1).min(rest.len())..]);
         if self.word_handler(first, rest, tail) {
             return;
         }
         if (first.starts_with("H=") || first.starts_with("U=") || first.starts_with("F=")) && first.len() > 2 {
-            with_tokens(rest, |tokens| self.host_line(tokens));
+            self.host_line(rest);
             return;
         }
         if let Some(cwd) = first.strip_prefix("cwd=") {
@@ -801,5 +870,144 @@ impl<'a> Ctx<'a, '_> {
         self.set_kind_detail(LineKind::Protocol, tail);
         self.p.smtp_phase = Some(Cow::Borrowed("starttls"));
         true
+    }
+}
+
+/// What `take_host` finds in the usual shapes.
+struct FastHost<'a> {
+    host: Option<&'a str>,
+    helo: Option<&'a str>,
+    ip: &'a str,
+    port: Option<i64>,
+    /// Just after the `[ip]:port` token.
+    end: usize,
+}
+
+/// The end of the space-separated word of `b` starting at `from` (words are short: sixteen bytes a step,
+/// without the set-up of a long search).
+#[inline]
+fn word_end(b: &[u8], from: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_set1_epi8};
+        let mut at = from;
+        while at + 16 <= b.len() {
+            // SAFETY: the 16 bytes at `at` are in bounds (checked above); the load is unaligned.
+            let found = unsafe {
+                let block = _mm_loadu_si128(b.as_ptr().add(at).cast());
+                _mm_movemask_epi8(_mm_cmpeq_epi8(block, _mm_set1_epi8(b' ' as i8))) as u32
+            };
+            if found != 0 {
+                return at + found.trailing_zeros() as usize;
+            }
+            at += 16;
+        }
+        b[at..].iter().position(|&c| c == b' ').map_or(b.len(), |k| at + k)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    b[from..].iter().position(|&c| c == b' ').map_or(b.len(), |k| from + k)
+}
+
+fn has_byte(b: &[u8], byte: u8) -> bool {
+    super::parser_text::position(b, byte).is_some()
+}
+
+/// `take_host` of the token starting at `at` of `s` and those after it, for `[ip]:port`, `name [ip]:port`,
+/// `(helo) [ip]:port` and `name (helo) [ip]:port` (single spaces, a decimal port or none); None for any
+/// other shape.
+fn fast_host(s: &str, at: usize) -> Option<FastHost<'_>> {
+    let b = s.as_bytes();
+    let mut at = at;
+    let mut host = None;
+    let mut helo = None;
+    let group_at = |at: usize| -> Option<usize> {
+        // a one-token `(helo)` group at `at`, followed by a single space and `[`
+        let end = word_end(b, at);
+        let group = &b[at..end];
+        (group.len() >= 2 && group[group.len() - 1] == b')' && b.get(end + 1) == Some(&b'[')).then_some(end)
+    };
+    match b.get(at) {
+        Some(b'[') => {}
+        Some(b'(') => {
+            let end = group_at(at)?;
+            helo = Some(&s[at + 1..end - 1]);
+            at = end + 1;
+        }
+        Some(_) => {
+            let end = word_end(b, at);
+            let name = &b[at..end];
+            if name.is_empty() || end == b.len() || has_byte(name, b'[') || name[name.len() - 1] == b':' {
+                return None;
+            }
+            host = Some(&s[at..end]);
+            at = end + 1;
+            match b.get(at) {
+                Some(b'[') => {}
+                Some(b'(') => {
+                    let end = group_at(at)?;
+                    helo = Some(&s[at + 1..end - 1]);
+                    at = end + 1;
+                }
+                _ => return None,
+            }
+        }
+        None => return None,
+    }
+    // the `[ip]:port` token
+    let end = word_end(b, at);
+    let token = &b[at..end];
+    let close = super::parser_text::position(token, b']')?;
+    // `ip_token`: a ':' glued to the end (a separator) is dropped first
+    let after = &token[close + 1..];
+    let after = after.strip_suffix(b":").unwrap_or(after);
+    let port = match after {
+        [] => None,
+        [b':', digits @ ..] if (1..=17).contains(&digits.len()) && digits.iter().all(u8::is_ascii_digit) => {
+            Some(digits.iter().fold(0i64, |acc, &c| acc * 10 + i64::from(c - b'0')))
+        }
+        _ => return None,
+    };
+    Some(FastHost { host, helo, ip: &s[at + 1..at + close], port, end })
+}
+
+/// `_session`'s tags from the space at `pos` of `s` on: up to four single-spaced ASCII tags without quotes
+/// (none of them `H=`, an `S=` only of digits), then the text from the first other word (empty at the
+/// end). None for any other shape.
+#[allow(clippy::type_complexity)]
+fn fast_tags(s: &str, mut pos: usize) -> Option<([(&str, &str); 4], usize, &str)> {
+    let b = s.as_bytes();
+    let mut tags: [(&str, &str); 4] = [("", ""); 4];
+    let mut count = 0;
+    loop {
+        if pos == b.len() {
+            return Some((tags, count, &s[pos..]));
+        }
+        let from = pos + 1;
+        let stop = word_end(b, from);
+        let tok = &b[from..stop];
+        let &first = tok.first()?;
+        let eq = tok[..tok.len().min(7)].iter().position(|&c| c == b'=');
+        match eq {
+            Some(eq) if eq > 0 && first.is_ascii_uppercase() => {
+                let tag = &tok[..eq];
+                let value = &tok[eq + 1..];
+                if count == tags.len() || !tok.is_ascii() || value.first() == Some(&b'"') || tag == b"H" {
+                    return None;
+                }
+                let decimal = (1..=17).contains(&value.len()) && value.iter().all(u8::is_ascii_digit);
+                if tag == b"S" && !decimal {
+                    return None;
+                }
+                tags[count] = (&s[from..from + eq], &s[from + eq + 1..stop]);
+                count += 1;
+                pos = stop;
+            }
+            _ => {
+                if first >= 0x80 || (first.is_ascii_uppercase() && has_byte(tok, b'=')) {
+                    return None;
+                }
+                return Some((tags, count, &s[from..]));
+            }
+        }
     }
 }
