@@ -11,7 +11,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use indexmap::{Equivalent, IndexMap};
 
-use super::encode::push_int;
+use super::encode::{int_digits, push_int};
 use super::retry::RetryRules;
 use super::types::{Classify, DeliveryEvent, EventId, EventType, LineKind, ParsedLine, Reason, RetryState, Text};
 
@@ -328,13 +328,38 @@ fn event_id(
     attempt: i64,
 ) -> EventId {
     use std::io::Write;
+    let parts = [server, msgid.unwrap_or(""), recipient.unwrap_or(""), kind];
+    let whole = time.fract() == 0.0 && time != 0.0 && time.abs() < 9.0e15;
+    // the usual case: written straight into one zero-padded block (parts, 4 separators, at most 24
+    // bytes of time, a separator and at most 20 of attempt)
+    if whole && parts.iter().map(|part| part.len()).sum::<usize>() + 49 <= ID_BLOCK {
+        let mut block = [0u8; ID_BLOCK];
+        let mut at = 0;
+        for part in parts {
+            block[at..at + part.len()].copy_from_slice(part.as_bytes());
+            at += part.len();
+            block[at] = 0x1f;
+            at += 1;
+        }
+        let mut digits = [0u8; 24];
+        let start = int_digits(&mut digits, time as i64);
+        block[at..at + 24 - start].copy_from_slice(&digits[start..]);
+        at += 24 - start;
+        block[at..at + 7].copy_from_slice(b".000000");
+        block[at + 7] = 0x1f;
+        at += 8;
+        let start = int_digits(&mut digits, attempt);
+        block[at..at + 24 - start].copy_from_slice(&digits[start..]);
+        at += 24 - start;
+        return EventId(blake2b_96_block(&block, at));
+    }
     buffer.clear();
-    for part in [server, msgid.unwrap_or(""), recipient.unwrap_or(""), kind] {
+    for part in parts {
         buffer.extend_from_slice(part.as_bytes());
         buffer.push(0x1f);
     }
     // f"{time:.6f}": exact for whole numbers of seconds below 2**53 (not -0.0, which keeps its sign)
-    if time.fract() == 0.0 && time != 0.0 && time.abs() < 9.0e15 {
+    if whole {
         push_int(buffer, time as i64);
         buffer.extend_from_slice(b".000000");
     } else {
@@ -343,6 +368,21 @@ fn event_id(
     buffer.push(0x1f);
     push_int(buffer, attempt);
     EventId(blake2b_96(buffer))
+}
+
+/// One blake2b block: event ids that fit are hashed from it without a copy.
+const ID_BLOCK: usize = 128;
+
+/// `blake2b_96(&block[..len])` for a block zero past `len`.
+fn blake2b_96_block(block: &[u8; ID_BLOCK], len: usize) -> [u8; 12] {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") {
+            // SAFETY: the processor has AVX2
+            return unsafe { blake2b_avx2::hash_96_block(block, len) };
+        }
+    }
+    blake2b_96(&block[..len])
 }
 
 /// blake2b with a 12-byte digest (`hashlib.blake2b(data, digest_size=12)`): AVX2 when the processor
@@ -486,10 +526,26 @@ mod blake2b_avx2 {
         block[..rest.len()].copy_from_slice(rest);
         counter += rest.len() as u128;
         compress(&mut h, &block, counter, true);
+        digest_of(&h)
+    }
+
+    fn digest_of(h: &[u64; 8]) -> [u8; 12] {
         let mut digest = [0u8; 12];
         digest[..8].copy_from_slice(&h[0].to_le_bytes());
         digest[8..].copy_from_slice(&h[1].to_le_bytes()[..4]);
         digest
+    }
+
+    /// `hash_96(&block[..len])` for a single block already zero past `len` (len <= 128).
+    ///
+    /// # Safety
+    /// The processor must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn hash_96_block(block: &[u8; 128], len: usize) -> [u8; 12] {
+        let mut h = IV;
+        h[0] ^= 0x0101_0000 ^ 12;
+        compress(&mut h, block, len as u128, true);
+        digest_of(&h)
     }
 }
 

@@ -166,7 +166,7 @@ pub fn push_int(out: &mut Vec<u8>, value: i64) {
 
 /// Writes `value` at the end of `digits` (sign included); returns where it starts.
 #[inline(always)]
-fn int_digits(digits: &mut [u8; 24], value: i64) -> usize {
+pub(crate) fn int_digits(digits: &mut [u8; 24], value: i64) -> usize {
     let mut at = digits.len();
     let mut rest = value.unsigned_abs();
     while rest >= 100 {
