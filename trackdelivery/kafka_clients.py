@@ -60,14 +60,35 @@ def partition_count(kafka: str | KafkaSettings, topic: str, timeout: float = 10.
 
 
 def end_offsets(kafka: str | KafkaSettings, topic: str, timeout: float = 10.0) -> dict[int, int]:
-    """The high watermark of each partition of ``topic``."""
+    """The high watermark of each partition of ``topic``. A retriable error (a partition whose leader is
+    moving or not yet elected, as after the topic was just created) is retried until ``timeout``."""
     consumer = _reader(kafka)
+    deadline = time.monotonic() + timeout
     try:
         metadata = consumer.list_topics(topic=topic, timeout=timeout)
         partitions = sorted(metadata.topics[topic].partitions) if topic in metadata.topics else []
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1] for p in partitions}
+        return {p: _high_watermark(consumer, TopicPartition(topic, p), deadline) for p in partitions}
     finally:
         consumer.close()
+
+
+_LEADER_MOVING = frozenset(
+    {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART}
+)
+
+
+def _high_watermark(consumer: Consumer, partition: TopicPartition, deadline: float) -> int:
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(partition, timeout=max(deadline - time.monotonic(), 0.1))[1])
+        except KafkaException as error:
+            kafka_error = error.args[0] if error.args else None
+            retriable = isinstance(kafka_error, KafkaError) and (
+                kafka_error.retriable() or kafka_error.code() in _LEADER_MOVING
+            )
+            if not retriable or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.1)
 
 
 def committed_offsets(kafka: str | KafkaSettings, group: str, topic: str, timeout: float = 10.0) -> dict[int, int]:

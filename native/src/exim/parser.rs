@@ -16,8 +16,8 @@ use super::parser_prefix::{
     stamp_only, Prefix, Zone,
 };
 use super::parser_text::{
-    advance, char_len, contains, contains_within, eq_char_index, find, find_byte, first_char, is_alpha, is_upper,
-    position, printable, py_float, rfind, to_int, unescape,
+    advance, char_len, contains_within, eq_char_index, find, find_byte, first_char, is_alpha, is_upper, position,
+    printable, py_float, rfind, to_int, unescape,
 };
 use super::types::{LineKind, LocalClock, ParsedLine};
 
@@ -34,14 +34,6 @@ const DELIVERY_TAGS: [&str; 26] = [
 ];
 const BARE_FLAGS: [&str; 11] = ["K", "L", "L*", "L-", "L.", "PRDR", "DS", "TFO", "DMARC", "SPF", "*"];
 const AFTER_WORDS: [&str; 5] = ["server", "mailer", "error", "timeout", "timed out"];
-const CONNECT_ERRORS: [&str; 6] = [
-    "Connection refused",
-    "Connection timed out",
-    "Connection reset",
-    "No route to host",
-    "Network is unreachable",
-    "Host is unreachable",
-];
 
 /// The clock for logs written in UTC.
 pub struct UtcClock;
@@ -1318,11 +1310,7 @@ impl<'a> Ctx<'a, '_> {
                 phase = errno_phase(errno);
             }
             if phase.is_none() {
-                if contains(text, "TLS") {
-                    phase = Some("starttls");
-                } else if CONNECT_ERRORS.iter().any(|needle| contains(text, needle)) {
-                    phase = Some("connect");
-                }
+                phase = tls_or_connect(text);
             }
         }
         self.p.smtp_phase = phase.map(Cow::Borrowed);
@@ -1333,25 +1321,23 @@ impl<'a> Ctx<'a, '_> {
         }
         let b = text.as_bytes();
         let mut pos = start;
-        while let Some(found) = b.get(pos..).and_then(|rest| rest.iter().position(|c| (b'2'..=b'5').contains(c))) {
-            let at = pos + found;
-            match super::parser_text::code_at(text, at) {
-                Some((code, end)) => {
-                    if at == 0 || (at >= 2 && (&b[at - 2..at] == b": " || &b[at - 2..at] == b"\\n")) {
-                        self.p.smtp_code = Some(code);
-                        let window = advance(text, end, 24);
-                        let after = advance(text, end, 1);
-                        let mut e = super::parser_text::enhanced_at(text, after, window).map(|stop| (after, stop));
-                        if e.is_none() && b.get(after) == Some(&b'#') && after > end {
-                            e = super::parser_text::enhanced_at(text, after + 1, window).map(|stop| (after + 1, stop));
-                        }
-                        self.p.enhanced_code = e.map(|(from, to)| Cow::Borrowed(&text[from..to]));
-                        return;
+        while let Some(at) = super::parser_text::first_code_digit(b, pos) {
+            // the context first: no position inside a code (decimal characters) follows ": " or "\\n",
+            // so moving on by one byte where `_CODE_RE` matched finds what moving past it would
+            if at == 0 || (at >= 2 && (&b[at - 2..at] == b": " || &b[at - 2..at] == b"\\n")) {
+                if let Some((code, end)) = super::parser_text::code_at(text, at) {
+                    self.p.smtp_code = Some(code);
+                    let window = advance(text, end, 24);
+                    let after = advance(text, end, 1);
+                    let mut e = super::parser_text::enhanced_at(text, after, window).map(|stop| (after, stop));
+                    if e.is_none() && b.get(after) == Some(&b'#') && after > end {
+                        e = super::parser_text::enhanced_at(text, after + 1, window).map(|stop| (after + 1, stop));
                     }
-                    pos = end;
+                    self.p.enhanced_code = e.map(|(from, to)| Cow::Borrowed(&text[from..to]));
+                    return;
                 }
-                None => pos = at + 1,
             }
+            pos = at + 1;
         }
         if let Some((from, to)) = super::parser_text::enhanced_search(text) {
             if matches!(b[from], b'4' | b'5') {
@@ -1431,6 +1417,80 @@ pub(super) fn errno_phase(errno: i64) -> Option<&'static str> {
 }
 
 /// `_phase_in`: phase from "... server/mailer/error/timeout after <cmd>" or "in response to <cmd>".
+/// 0 when nothing starts at `at`, 1 for "TLS", 2 for one of the connection errors.
+#[inline]
+fn tls_or_connect_at(b: &[u8], at: usize) -> u8 {
+    let rest = &b[at..];
+    match rest.first() {
+        Some(b'T') if rest.starts_with(b"TLS") => 1,
+        Some(b'C')
+            if rest.starts_with(b"Connection refused")
+                || rest.starts_with(b"Connection timed out")
+                || rest.starts_with(b"Connection reset") =>
+        {
+            2
+        }
+        Some(b'u')
+            if rest.starts_with(b"unreachable")
+                && (b[..at].ends_with(b"Network is ") || b[..at].ends_with(b"Host is ")) =>
+        {
+            2
+        }
+        Some(b'N') if rest.starts_with(b"No route to host") => 2,
+        _ => 0,
+    }
+}
+
+/// `"starttls" if "TLS" in text else "connect" if any(needle in text for needle in CONNECT_ERRORS)`
+/// in one pass: sixteen positions a step for the pairs "TL", "Co", "un" and "No", each then checked.
+fn tls_or_connect(text: &str) -> Option<&'static str> {
+    let b = text.as_bytes();
+    let mut connect = false;
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_and_si128, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+        };
+        while i + 17 <= b.len() {
+            // SAFETY: `i + 17 <= b.len()`, so both 16-byte loads (at i and i + 1) are in bounds.
+            let mut found = unsafe {
+                let here = _mm_loadu_si128(b.as_ptr().add(i).cast());
+                let next = _mm_loadu_si128(b.as_ptr().add(i + 1).cast());
+                let pair = |x: u8, y: u8| {
+                    _mm_and_si128(
+                        _mm_cmpeq_epi8(here, _mm_set1_epi8(x as i8)),
+                        _mm_cmpeq_epi8(next, _mm_set1_epi8(y as i8)),
+                    )
+                };
+                let any = _mm_or_si128(
+                    _mm_or_si128(pair(b'T', b'L'), pair(b'C', b'o')),
+                    _mm_or_si128(pair(b'u', b'n'), pair(b'N', b'o')),
+                );
+                _mm_movemask_epi8(any) as u32
+            };
+            while found != 0 {
+                match tls_or_connect_at(b, i + found.trailing_zeros() as usize) {
+                    1 => return Some("starttls"),
+                    2 => connect = true,
+                    _ => {}
+                }
+                found &= found - 1;
+            }
+            i += 16;
+        }
+    }
+    while i < b.len() {
+        match tls_or_connect_at(b, i) {
+            1 => return Some("starttls"),
+            2 => connect = true,
+            _ => {}
+        }
+        i += 1;
+    }
+    connect.then_some("connect")
+}
+
 fn phase_in(text: &str) -> Option<&'static str> {
     let b = text.as_bytes();
     let mut from = 0;

@@ -231,16 +231,48 @@ fn find_pair_sse2(h: &[u8], n: &[u8]) -> Option<usize> {
     None
 }
 
+/// The first byte from `from` on that is a digit 2 to 5: sixteen bytes a step, then byte by byte.
+#[inline]
+pub(super) fn first_code_digit(b: &[u8], from: usize) -> Option<usize> {
+    let mut i = from;
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{
+            _mm_cmpeq_epi8, _mm_loadu_si128, _mm_min_epu8, _mm_movemask_epi8, _mm_set1_epi8, _mm_sub_epi8,
+        };
+        while i + 16 <= b.len() {
+            // SAFETY: `i + 16 <= b.len()`, so the 16-byte load is in bounds.
+            let found = unsafe {
+                let block = _mm_sub_epi8(_mm_loadu_si128(b.as_ptr().add(i).cast()), _mm_set1_epi8(b'2' as i8));
+                _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_min_epu8(block, _mm_set1_epi8(3)), block)) as u32
+            };
+            if found != 0 {
+                return Some(i + found.trailing_zeros() as usize);
+            }
+            i += 16;
+        }
+    }
+    while i < b.len() {
+        if (b'2'..=b'5').contains(&b[i]) {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
 /// `haystack.rfind(needle)` as a byte offset.
 pub fn rfind(haystack: &str, needle: &str) -> Option<usize> {
     let (h, n) = (haystack.as_bytes(), needle.as_bytes());
     if n.len() > h.len() {
         return None;
     }
-    let key = *n.first()?;
+    // keyed on the needle's last byte (" DT=" would stop at every space on its first)
+    let last = n.len().checked_sub(1)?;
+    let key = n[last];
     let mut end = h.len() - n.len() + 1;
     while end > 0 {
-        let start = memchr::memrchr(key, &h[..end])?;
+        let start = memchr::memrchr(key, &h[last..end + last])?;
         if &h[start..start + n.len()] == n {
             return Some(start);
         }
@@ -748,8 +780,11 @@ pub fn enhanced_at(s: &str, at: usize, endpos: usize) -> Option<usize> {
 pub fn enhanced_search(s: &str) -> Option<(usize, usize)> {
     let b = s.as_bytes();
     let mut from = 0;
-    while let Some(found) = b.get(from..).and_then(|rest| rest.iter().position(|c| matches!(c, b'2' | b'4' | b'5'))) {
-        let at = from + found;
+    while let Some(at) = first_code_digit(b, from) {
+        if b[at] == b'3' {
+            from = at + 1;
+            continue;
+        }
         if let Some(end) = enhanced_at(s, at, s.len()) {
             return Some((at, end));
         }
