@@ -6,10 +6,10 @@
 //! rule, in table order, whose pattern matches the lower-cased text, else the first applicable rule without
 //! a pattern, else unknown.
 //!
-//! Python's trigger words are replaced by an anchored Aho-Corasick automaton over the literal start of every
-//! pattern alternative, walked from each word boundary of the text: an alternative that is only a literal
-//! is decided by its hit and the word boundary after it; a rule with any other hit runs its whole regex.
-//! A rule is only ever skipped when it cannot match.
+//! Python's trigger words are replaced by one Aho-Corasick automaton over the literal start of every
+//! pattern alternative, run once over the text, keeping the hits that start at a word boundary: an
+//! alternative that is only a literal is decided by its hit and the word boundary after it; a rule with any
+//! other hit runs its whole regex from the first such hit on. A rule is only ever skipped when it cannot match.
 //!
 //! Patterns use only what can be mirrored exactly (ASCII `\b \d \s \S \w`, classes, lazy and counted
 //! repeats); a construct the `regex` crate lacks or reads differently (look-around, back-references,
@@ -70,10 +70,6 @@ const PYTHON_REGEXES: [(&str, &str); 4] = [
     ("_CONTINUATION_RE", r"(?:\\n|\n)[2-5][0-9]{2}[ -](?:[2-5]\.[0-9]{1,3}\.[0-9]{1,3}\s?)?"),
 ];
 
-/// Python's Unicode `\s` (the characters `str.isspace()` accepts) as a `regex` class.
-const PY_SPACE_CLASS: &str =
-    r"[\t\n\x0B\x0C\r\x1C-\x1F \x{85}\x{A0}\x{1680}\x{2000}-\x{200A}\x{2028}\x{2029}\x{202F}\x{205F}\x{3000}]";
-
 /// `str.isspace()`: what `str.split()`, `str.strip()` and Unicode `\s` treat as white space.
 fn is_py_space(c: char) -> bool {
     matches!(
@@ -93,9 +89,22 @@ fn is_py_space(c: char) -> bool {
     )
 }
 
+/// `re.ASCII` `\w` by byte value.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 256 {
+        let b = byte as u8;
+        table[byte] = b.is_ascii_alphanumeric() || b == b'_';
+        byte += 1;
+    }
+    table
+};
+
 /// `re.ASCII` `\w` on one byte of UTF-8 (a byte of a multi-byte character is never a word character).
+#[inline]
 fn is_word_byte(byte: u8) -> bool {
-    byte.is_ascii_alphanumeric() || byte == b'_'
+    WORD_BYTES[usize::from(byte)]
 }
 
 /// One row of `RULES`, with its conditions turned into the masks of `Conditions`.
@@ -190,9 +199,9 @@ struct Hit {
     literal: Option<bool>,
 }
 
-/// Which text rules can match: the literal starts of all alternatives in one anchored Aho-Corasick
-/// automaton, walked from every word boundary (a rule's pattern is `\b(?:...)`, so every match of an
-/// alternative starts at a boundary with the alternative's literal start).
+/// Which text rules can match: the literal starts of all alternatives in one Aho-Corasick automaton
+/// reporting overlapping hits, of which those starting at a word boundary count (a rule's pattern is
+/// `\b(?:...)`, so every match of an alternative starts at a boundary with the alternative's literal start).
 struct TextFilter {
     automaton: Option<DFA>,
     hits: Vec<Vec<Hit>>,
@@ -236,7 +245,7 @@ impl TextFilter {
         } else {
             let built = DFA::builder()
                 .match_kind(MatchKind::Standard)
-                .start_kind(StartKind::Anchored)
+                .start_kind(StartKind::Unanchored)
                 .build(&keys)
                 .map_err(|error| config_error(format!("literal automaton: {error}")))?;
             Some(built)
@@ -244,54 +253,52 @@ impl TextFilter {
         Ok(TextFilter { automaton, hits, unfiltered, from_word_ends })
     }
 
-    /// (rules whose literal alternative matched, rules whose regex must decide), within `rules`.
-    fn scan(&self, lowered: &str, rules: RuleSet) -> (RuleSet, RuleSet) {
+    /// (rules whose literal alternative matched, rules whose regex must decide, a byte offset before
+    /// which none of the latter can match), within `rules`.
+    fn scan(&self, lowered: &str, rules: RuleSet) -> (RuleSet, RuleSet, usize) {
         let mut matched: RuleSet = 0;
         let mut undecided = self.unfiltered & rules;
-        let Some(automaton) = &self.automaton else { return (matched, undecided) };
-        let Ok(start_state) = automaton.start_state(Anchored::Yes) else {
-            return (matched, undecided | (rules & !self.unfiltered));
+        // an unfiltered rule may match anywhere; else the first undecided hit is where a match can start
+        let mut undecided_from = if undecided != 0 { 0 } else { usize::MAX };
+        let Some(automaton) = &self.automaton else { return (matched, undecided, 0) };
+        let Ok(mut state) = automaton.start_state(Anchored::No) else {
+            return (matched, undecided | (rules & !self.unfiltered), 0);
         };
         let bytes = lowered.as_bytes();
-        let mut previous_is_word = false;
-        for (start, &byte) in bytes.iter().enumerate() {
-            let is_word = is_word_byte(byte);
-            let walk = is_word != previous_is_word && (is_word || self.from_word_ends);
-            previous_is_word = is_word;
-            if !walk {
+        for (end, &byte) in bytes.iter().enumerate() {
+            state = automaton.next_state(Anchored::No, state, byte);
+            if !automaton.is_match(state) {
                 continue;
             }
-            let mut state = start_state;
-            for (end, &byte) in bytes.iter().enumerate().skip(start) {
-                state = automaton.next_state(Anchored::Yes, state, byte);
-                if automaton.is_dead(state) {
-                    break;
-                }
-                if !automaton.is_match(state) {
+            // every literal start ending here (the automaton reports overlapping ones too)
+            for index in 0..automaton.match_len(state) {
+                let pattern = automaton.match_pattern(state, index);
+                let start = end + 1 - automaton.pattern_len(pattern);
+                // only from a word start, or a word end when some literal starts with a non-word byte
+                let is_word = is_word_byte(bytes[start]);
+                let previous_is_word = start > 0 && is_word_byte(bytes[start - 1]);
+                if is_word == previous_is_word || !(is_word || self.from_word_ends) {
                     continue;
                 }
-                for index in 0..automaton.match_len(state) {
-                    let pattern = automaton.match_pattern(state, index);
-                    if automaton.pattern_len(pattern) != end + 1 - start {
-                        continue; // a shorter pattern ending here started later
+                let rest = &bytes[start..];
+                for hit in &self.hits[pattern.as_usize()] {
+                    let bit: RuleSet = 1 << hit.rule;
+                    if rules & bit == 0 || !rest.starts_with(&hit.literal_start) {
+                        continue;
                     }
-                    let rest = &bytes[start..];
-                    for hit in &self.hits[pattern.as_usize()] {
-                        let bit: RuleSet = 1 << hit.rule;
-                        if rules & bit == 0 || !rest.starts_with(&hit.literal_start) {
-                            continue;
+                    let literal_end = start + hit.literal_start.len();
+                    match hit.literal {
+                        None => {
+                            undecided |= bit;
+                            undecided_from = undecided_from.min(start);
                         }
-                        let literal_end = start + hit.literal_start.len();
-                        match hit.literal {
-                            None => undecided |= bit,
-                            Some(end_boundary) if !end_boundary || is_boundary(bytes, literal_end) => matched |= bit,
-                            Some(_) => {}
-                        }
+                        Some(end_boundary) if !end_boundary || is_boundary(bytes, literal_end) => matched |= bit,
+                        Some(_) => {}
                     }
                 }
             }
         }
-        (matched, undecided & !matched)
+        (matched, undecided & !matched, undecided_from.min(bytes.len()))
     }
 }
 
@@ -571,7 +578,6 @@ pub struct Classifier {
     rules: Vec<RuleRow>,
     conditions: Conditions,
     filter: TextFilter,
-    continuation: Regex,
     /// Boxed: memchr's searchers are 32-byte aligned, more than a Python object's storage guarantees.
     markers: Box<Markers>,
     hints: Vec<Text>,
@@ -748,12 +754,8 @@ impl Classifier {
             };
             rules.push(RuleRow { name: rule.name.into_boxed_str(), reason: rule.reason, pattern });
         }
-        let continuation = Regex::new(&format!(
-            r"(?:\\n|\n)[2-5][0-9]{{2}}[ -](?:[2-5]\.[0-9]{{1,3}}\.[0-9]{{1,3}}{PY_SPACE_CLASS}?)?"
-        ))
-        .map_err(|error| config_error(format!("continuation regex: {error}")))?;
         let filter = TextFilter::new(&sources)?;
-        Ok(Classifier { rules, conditions, filter, continuation, markers: Box::new(Markers::new()), hints })
+        Ok(Classifier { rules, conditions, filter, markers: Box::new(Markers::new()), hints })
     }
 
     /// `classify(...)` as (reason, rule name); the rule name is "unknown" when no rule applied.
@@ -784,9 +786,12 @@ impl Classifier {
     ) -> Option<usize> {
         let scan = prefix_chars(text, MAX_SCAN);
         let mut found_phase = None;
-        let mut lowered: Cow<'_, str> = Cow::Borrowed("");
+        let scan_lowered = python_lower(scan);
+        let joined: Cow<'_, str>;
+        let cleaned: Cow<'_, str>;
+        let relowered: Cow<'_, str>;
+        let mut lowered: &str = "";
         if !scan.is_empty() {
-            let scan_lowered = python_lower(scan);
             let (scan_part, phase_found, response) = self.markers.split_response(scan, &scan_lowered);
             found_phase = phase_found;
             if let Some(response) = response {
@@ -794,9 +799,19 @@ impl Classifier {
                     (smtp_code, enhanced_code) = parse_codes(response);
                 }
             }
-            let joined = self.joined(scan_part);
-            let cleaned = without_addresses(&joined);
-            lowered = Cow::Owned(python_lower(&cleaned).into_owned());
+            if scan.is_ascii() && !scan_part.contains("\\N") {
+                // On ASCII text lower-casing commutes with `_joined` (no "\N" becomes "\n") and with
+                // `_without_addresses`, and a suffix of `scan` lower-cases to that suffix of `scan_lowered`.
+                let offset = scan_part.as_ptr() as usize - scan.as_ptr() as usize;
+                joined = joined_lines(&scan_lowered[offset..]);
+                cleaned = without_addresses(&joined);
+                lowered = &cleaned;
+            } else {
+                joined = joined_lines(scan_part);
+                cleaned = without_addresses(&joined);
+                relowered = python_lower(&cleaned);
+                lowered = &relowered;
+            }
         }
         let facts = Facts {
             code: smtp_code.filter(|code| (200..=599).contains(code)),
@@ -816,29 +831,23 @@ impl Classifier {
         if lowered.is_empty() || text_rules == 0 {
             return floor;
         }
-        self.first_text_match(&lowered, text_rules).or(floor)
+        self.first_text_match(lowered, text_rules).or(floor)
     }
 
     fn first_text_match(&self, lowered: &str, text_rules: RuleSet) -> Option<usize> {
-        let (matched, undecided) = self.filter.scan(lowered, text_rules);
+        let (matched, undecided, from) = self.filter.scan(lowered, text_rules);
         let mut pending = matched | undecided;
         while pending != 0 {
             let index = pending.trailing_zeros() as usize;
             let bit: RuleSet = 1 << index;
-            if matched & bit != 0 || self.rules[index].pattern.as_ref().is_some_and(|regex| regex.is_match(lowered)) {
+            if matched & bit != 0
+                || self.rules[index].pattern.as_ref().is_some_and(|regex| regex.is_match_at(lowered, from))
+            {
                 return Some(index);
             }
             pending &= !bit;
         }
         None
-    }
-
-    /// `_joined`: continuation-line prefixes of a multi-line reply become one space.
-    fn joined<'t>(&self, text: &'t str) -> Cow<'t, str> {
-        if !text.contains('\n') && !text.contains("\\n") {
-            return Cow::Borrowed(text);
-        }
-        self.continuation.replace_all(text, " ")
     }
 }
 
@@ -858,6 +867,9 @@ fn phase_index(phase: &str) -> Option<usize> {
 fn prefix_chars(text: &str, count: usize) -> &str {
     if text.len() <= count {
         return text;
+    }
+    if text.as_bytes()[..count].is_ascii() {
+        return &text[..count]; // `count` ASCII characters
     }
     match text.char_indices().nth(count) {
         Some((end, _)) => &text[..end],
@@ -892,7 +904,13 @@ struct Markers {
     remote_error: Finder<'static>,
     lmtp_error: Finder<'static>,
     other: [Finder<'static>; OTHER_PHASE_MARKERS.len()],
+    /// `AFTER`, which most markers contain: a text without it is searched only for the others.
+    after: Finder<'static>,
+    /// Whether each of REMOTE_ERROR, LMTP_ERROR, OTHER_PHASE_MARKERS contains `AFTER`.
+    needs_after: [bool; 2 + OTHER_PHASE_MARKERS.len()],
 }
+
+const AFTER: &str = "after ";
 
 impl Markers {
     fn new() -> Markers {
@@ -900,13 +918,24 @@ impl Markers {
             remote_error: Finder::new(REMOTE_ERROR),
             lmtp_error: Finder::new(LMTP_ERROR),
             other: OTHER_PHASE_MARKERS.map(Finder::new),
+            after: Finder::new(AFTER),
+            needs_after: [
+                REMOTE_ERROR.contains(AFTER),
+                LMTP_ERROR.contains(AFTER),
+                OTHER_PHASE_MARKERS[0].contains(AFTER),
+                OTHER_PHASE_MARKERS[1].contains(AFTER),
+                OTHER_PHASE_MARKERS[2].contains(AFTER),
+            ],
         }
     }
 
     /// `_split_response`: (text to scan, phase, response).
     fn split_response<'t>(&self, text: &'t str, lowered: &str) -> (&'t str, Option<usize>, Option<&'t str>) {
         let haystack = lowered.as_bytes();
-        if let Some(position) = self.remote_error.find(haystack) {
+        // a marker holding `AFTER` can only be found when `AFTER` is
+        let has_after = self.after.find(haystack).is_some();
+        let may_hold = |index: usize| has_after || !self.needs_after[index];
+        if let Some(position) = may_hold(0).then(|| self.remote_error.find(haystack)).flatten() {
             let command = position + REMOTE_ERROR.len();
             let phase = phase_after(lowered, command);
             return match response_start(text, lowered, command) {
@@ -914,12 +943,15 @@ impl Markers {
                 Some(start) => (&text[start..], phase, Some(&text[start..])),
             };
         }
-        if let Some(position) = self.lmtp_error.find(haystack) {
+        if let Some(position) = may_hold(1).then(|| self.lmtp_error.find(haystack)).flatten() {
             let command = position + LMTP_ERROR.len();
             let response = response_start(text, lowered, command).map(|start| &text[start..]);
             return (text, phase_after(lowered, command), response);
         }
-        for (marker, finder) in OTHER_PHASE_MARKERS.iter().zip(&self.other) {
+        for (index, (marker, finder)) in OTHER_PHASE_MARKERS.iter().zip(&self.other).enumerate() {
+            if !may_hold(2 + index) {
+                continue;
+            }
             if let Some(position) = finder.find(haystack) {
                 return (text, phase_after(lowered, position + marker.len()), None);
             }
@@ -949,12 +981,12 @@ fn response_start(text: &str, lowered: &str, command: usize) -> Option<usize> {
     let from = byte_offset_of_char(text, chars_before)?;
     let bytes = text.as_bytes();
     let mut search = from;
-    while let Some(found) = text.get(search..).and_then(|rest| rest.find(": ")) {
-        let start = search + found + 2;
-        if reply_code_follows(bytes, start) {
-            return Some(start);
+    while let Some(found) = bytes.get(search..).and_then(|rest| memchr::memchr(b':', rest)) {
+        let colon = search + found;
+        if bytes.get(colon + 1) == Some(&b' ') && reply_code_follows(bytes, colon + 2) {
+            return Some(colon + 2);
         }
-        search += found + 1;
+        search = colon + 1;
     }
     None
 }
@@ -1054,8 +1086,88 @@ fn without_addresses(text: &str) -> Cow<'_, str> {
     if !text.contains('@') {
         return Cow::Borrowed(text);
     }
-    let words: Vec<&str> = text.split(is_py_space).filter(|word| !word.is_empty() && !word.contains('@')).collect();
-    Cow::Owned(words.join(" "))
+    let mut out = String::with_capacity(text.len());
+    for word in text.split(is_py_space).filter(|word| !word.is_empty() && !word.contains('@')) {
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(word);
+    }
+    Cow::Owned(out)
+}
+
+/// `_joined`: every match of `_CONTINUATION_RE` (`(?:\\n|\n)[2-5][0-9]{2}[ -]` then, when it follows,
+/// `[2-5]\.[0-9]{1,3}\.[0-9]{1,3}\s?` with Unicode `\s`), left to right, becomes one space.
+fn joined_lines(text: &str) -> Cow<'_, str> {
+    let bytes = text.as_bytes();
+    let mut out: Option<String> = None;
+    let mut copied = 0;
+    let mut at = 0;
+    while let Some(found) = bytes.get(at..).and_then(|rest| memchr::memchr2(b'\n', b'\\', rest)) {
+        let marker = at + found;
+        let code_start = if bytes[marker] == b'\n' {
+            Some(marker + 1)
+        } else if bytes.get(marker + 1) == Some(&b'n') {
+            Some(marker + 2)
+        } else {
+            None
+        };
+        match code_start.and_then(|start| continuation_end(text, start)) {
+            Some(end) => {
+                let out = out.get_or_insert_with(|| String::with_capacity(text.len()));
+                out.push_str(&text[copied..marker]);
+                out.push(' ');
+                copied = end;
+                at = end;
+            }
+            None => at = marker + 1,
+        }
+    }
+    match out {
+        None => Cow::Borrowed(text),
+        Some(mut out) => {
+            out.push_str(&text[copied..]);
+            Cow::Owned(out)
+        }
+    }
+}
+
+/// The end of `[2-5][0-9]{2}[ -](?:[2-5]\.[0-9]{1,3}\.[0-9]{1,3}\s?)?` at `at` (greedy, as `re` takes it).
+fn continuation_end(text: &str, at: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let code = bytes.get(at..at + 4)?;
+    if !(b'2'..=b'5').contains(&code[0])
+        || !code[1].is_ascii_digit()
+        || !code[2].is_ascii_digit()
+        || !matches!(code[3], b' ' | b'-')
+    {
+        return None;
+    }
+    let end = at + 4;
+    Some(enhanced_continuation_end(text, end).unwrap_or(end))
+}
+
+/// `[2-5]\.[0-9]{1,3}\.[0-9]{1,3}\s?` at `at`: its end, or None when it does not match there.
+fn enhanced_continuation_end(text: &str, at: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    if !bytes.get(at).is_some_and(|b| (b'2'..=b'5').contains(b)) || bytes.get(at + 1) != Some(&b'.') {
+        return None;
+    }
+    // a fourth digit can be followed by no `.`, whatever number of digits the repeat gives back
+    let middle_end = digits_end(bytes, at + 2)?;
+    if bytes.get(middle_end) != Some(&b'.') {
+        return None;
+    }
+    let last =
+        bytes.get(middle_end + 1..).map_or(0, |rest| rest.iter().take(3).take_while(|b| b.is_ascii_digit()).count());
+    if last == 0 {
+        return None;
+    }
+    let end = middle_end + 1 + last;
+    match text.get(end..).and_then(|rest| rest.chars().next()) {
+        Some(c) if is_py_space(c) => Some(end + c.len_utf8()),
+        _ => Some(end),
+    }
 }
 
 impl Classify for Classifier {
