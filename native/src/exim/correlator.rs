@@ -318,7 +318,7 @@ type FastMap<K, V> = HashMap<K, V, FastState>;
 
 /// `make_event_id` (the same bytes hashed, the same hex), with a reused buffer and whole-second
 /// times written without float formatting.
-fn event_id(
+pub(super) fn event_id(
     buffer: &mut Vec<u8>,
     server: &str,
     msgid: Option<&str>,
@@ -2412,22 +2412,6 @@ pub mod probe {
                     (kind.as_str(), lines, nanos, events)
                 })
                 .collect()
-        }
-
-        /// `make_event_id` as `types.rs` computes it and as the correlator does (they must agree).
-        #[staticmethod]
-        #[pyo3(signature = (server, msgid, recipient, kind, time, attempt))]
-        fn event_ids(
-            server: &str,
-            msgid: Option<&str>,
-            recipient: Option<&str>,
-            kind: &str,
-            time: f64,
-            attempt: i64,
-        ) -> (String, String) {
-            let reference = super::super::types::make_event_id(server, msgid, recipient, kind, time, attempt);
-            let mut buffer = Vec::new();
-            (reference, super::event_id(&mut buffer, server, msgid, recipient, kind, time, attempt).to_hex_string())
         }
 
         /// `py_lower` (Python's `str.lower()` in Rust).

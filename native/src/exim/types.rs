@@ -337,7 +337,8 @@ impl EventId {
     }
 }
 
-/// `trackdelivery.events.make_event_id`: blake2b (12 bytes, hex) of the fields joined by U+001F.
+/// `trackdelivery.events.make_event_id`: blake2b (12 bytes, hex) of the fields joined by U+001F, the
+/// same computation the correlator makes for every event.
 pub fn make_event_id(
     server: &str,
     msgid: Option<&str>,
@@ -346,21 +347,7 @@ pub fn make_event_id(
     time: f64,
     attempt: i64,
 ) -> String {
-    let raw = format!(
-        "{server}\u{1f}{}\u{1f}{}\u{1f}{kind}\u{1f}{time:.6}\u{1f}{attempt}",
-        msgid.unwrap_or(""),
-        recipient.unwrap_or("")
-    );
-    use blake2::digest::{Update, VariableOutput};
-    let mut hasher = blake2::Blake2bVar::new(12).expect("12 is a valid blake2b output size");
-    hasher.update(raw.as_bytes());
-    let mut digest = [0u8; 12];
-    hasher.finalize_variable(&mut digest).expect("the buffer is the output size");
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    digest
-        .iter()
-        .flat_map(|byte| [DIGITS[(byte >> 4) as usize] as char, DIGITS[(byte & 15) as usize] as char])
-        .collect()
+    super::correlator::event_id(&mut Vec::new(), server, msgid, recipient, kind, time, attempt).to_hex_string()
 }
 
 /// What the correlator needs from the reason classifier (`processors.exim.reasons.classify` plus
