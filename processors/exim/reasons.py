@@ -867,11 +867,23 @@ def trigger_word(alternative: str) -> tuple[str, bool]:
 _Trigger = tuple[int, int]  # (rule index, alternative index)
 
 
-def _build_triggers() -> tuple[
-    tuple[tuple[str, ...], ...],
-    dict[bytes, tuple[_Trigger, ...]],
-    dict[bytes, tuple[tuple[str, tuple[_Trigger, ...]], ...]],
-]:
+@dataclass(frozen=True, slots=True)
+class _TriggerIndex:
+    """A text rule can only match if a token equals the trigger word of one of its alternatives, or
+    starts with it when the word may continue (looked up by its first three characters, confirmed on the
+    text)."""
+
+    alternatives: tuple[tuple[str, ...], ...]  # per rule, the sources of its top-level alternatives
+    whole: dict[bytes, tuple[_Trigger, ...]]
+    whole_words: frozenset[bytes]
+    prefix: dict[bytes, tuple[tuple[str, tuple[_Trigger, ...]], ...]]  # by the word's first 3 characters
+    stems: frozenset[bytes]
+
+
+@lru_cache(maxsize=1)
+def _trigger_index() -> _TriggerIndex:
+    """Built on the first classification: a process that only hands the table to the native classifier
+    (``trackdelivery parse``) never needs it. ``test_reasons`` builds it, so a bad row fails there."""
     alternatives: list[tuple[str, ...]] = []
     whole: dict[bytes, list[_Trigger]] = {}
     prefix: dict[str, list[_Trigger]] = {}
@@ -890,26 +902,24 @@ def _build_triggers() -> tuple[
     by_stem: dict[bytes, list[tuple[str, tuple[_Trigger, ...]]]] = {}
     for word, triggers in prefix.items():
         by_stem.setdefault(word[:3].encode(), []).append((word, tuple(triggers)))
-    return (
-        tuple(alternatives),
-        {word: tuple(triggers) for word, triggers in whole.items()},
-        {stem: tuple(words) for stem, words in by_stem.items()},
+    return _TriggerIndex(
+        alternatives=tuple(alternatives),
+        whole={word: tuple(triggers) for word, triggers in whole.items()},
+        whole_words=frozenset(whole),
+        prefix={stem: tuple(words) for stem, words in by_stem.items()},
+        stems=frozenset(by_stem),
     )
 
 
-# A text rule can only match if a token equals the trigger word of one of its alternatives, or starts
-# with it when the word may continue (looked up by its first three characters, confirmed on the text).
-_ALTERNATIVE_SOURCES, _WHOLE_TRIGGERS, _PREFIX_TRIGGERS = _build_triggers()
-_WHOLE_TRIGGER_WORDS = frozenset(_WHOLE_TRIGGERS)
-_PREFIX_STEMS = frozenset(_PREFIX_TRIGGERS)
 _STEM = operator.itemgetter(slice(None, 3))
 
 
 def _triggered(lowered: str) -> list[_Trigger]:
+    triggers_of = _trigger_index()
     tokens = lowered.encode("ascii", "replace").translate(_TOKEN_TABLE).split()
-    hits = [hit for word in _WHOLE_TRIGGER_WORDS.intersection(tokens) for hit in _WHOLE_TRIGGERS[word]]
-    for stem in _PREFIX_STEMS.intersection(map(_STEM, tokens)):
-        for word, triggers in _PREFIX_TRIGGERS[stem]:
+    hits = [hit for word in triggers_of.whole_words.intersection(tokens) for hit in triggers_of.whole[word]]
+    for stem in triggers_of.stems.intersection(map(_STEM, tokens)):
+        for word, triggers in triggers_of.prefix[stem]:
             if word in lowered:
                 hits.extend(triggers)
     hits.sort()
@@ -925,7 +935,7 @@ def _alternative(index: int, number: int) -> re.Pattern[str]:
     literal-prefix scan; ``_found`` checks the boundary."""
     pattern = _compiled_alternatives.get((index, number))
     if pattern is None:
-        pattern = re.compile(_ALTERNATIVE_SOURCES[index][number], re.ASCII)
+        pattern = re.compile(_trigger_index().alternatives[index][number], re.ASCII)
         _compiled_alternatives[(index, number)] = pattern
     return pattern
 
@@ -1149,7 +1159,10 @@ def _classify(
         return plan.floor
     if len(plan.text_rules) <= _DIRECT_RULES:  # e.g. an errno that decides: skip tokenising
         for index in sorted(plan.text_rules):
-            if any(_found(_alternative(index, number), lowered) for number in range(len(_ALTERNATIVE_SOURCES[index]))):
+            if any(
+                _found(_alternative(index, number), lowered)
+                for number in range(len(_trigger_index().alternatives[index]))
+            ):
                 return _RESULTS[index]
         return plan.floor
     for index, alternative in _triggered(lowered):

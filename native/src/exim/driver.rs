@@ -11,7 +11,7 @@ use std::io::{self, BufReader, Read};
 use flate2::read::MultiGzDecoder;
 
 use super::correlator::Correlator;
-use super::encode::{push_event, push_line};
+use super::encode::{event_bound, push_event, push_line};
 use super::parser::parse_line_into;
 use super::types::{Classify, DeliveryEvent, EventType, LineKind, LocalClock, ParsedLine, Text};
 
@@ -123,39 +123,74 @@ impl Hasher for IdHasher {
     }
 }
 
-/// The first capacity of an event's buffer: the room `push_event` reserves for a usual event.
-const EVENT_BUFFER: usize = 6144;
-
-struct Pending {
+/// An event waiting in the window: the line number of its first version and where its JSON is.
+struct Held {
     line: u64,
+    key: u128,
     kind: EventType,
-    json: Vec<u8>,
+    block: u64,
+    start: u32,
+    len: u32,
+}
+
+/// Encoded events are appended to blocks of this size, reused once every event in them is written.
+const BLOCK_BYTES: usize = 256 * 1024;
+
+struct Block {
+    bytes: Vec<u8>,
+    /// Held events whose JSON is in this block.
+    live: u32,
 }
 
 /// `EventWindow` of cli.py: holds events so that a re-emission (same event id) replaces the first
 /// version instead of being written twice. An event keeps the place and line number of its first
-/// version. Events wait already encoded; their buffers are reused.
+/// version. Events are encoded as they come, while their texts are in cache, one after the other into
+/// a few reused blocks (a buffer per event would spread them over megabytes).
 #[derive(Default)]
 struct EventWindow {
-    order: VecDeque<u128>,
-    pending: HashMap<u128, Pending, BuildHasherDefault<IdHasher>>,
+    held: VecDeque<Held>,
+    /// The sequence number of `held[0]`; an event's number is fixed when it first comes.
+    first_sequence: u64,
+    sequence_of: HashMap<u128, u64, BuildHasherDefault<IdHasher>>,
+    blocks: VecDeque<Block>,
+    /// The number of `blocks[0]`.
+    first_block: u64,
     spare: Vec<Vec<u8>>,
 }
 
 impl EventWindow {
     fn add(&mut self, line_number: u64, event: &DeliveryEvent) {
-        let mut json = self.spare.pop().unwrap_or_else(|| Vec::with_capacity(EVENT_BUFFER));
-        push_event(&mut json, event);
+        let (block, start, len) = self.encode(event);
         let key = event.event_id.key();
-        if let Some(held) = self.pending.get_mut(&key) {
-            held.kind = event.kind;
-            std::mem::swap(&mut held.json, &mut json);
-            json.clear();
-            self.spare.push(json);
-            return;
+        if let Some(&sequence) = self.sequence_of.get(&key) {
+            if let Some(held) = self.held.get_mut((sequence - self.first_sequence) as usize) {
+                let replaced = held.block;
+                (held.kind, held.block, held.start, held.len) = (event.kind, block, start, len);
+                if let Some(old) = self.blocks.get_mut((replaced - self.first_block) as usize) {
+                    old.live -= 1;
+                }
+                return;
+            }
         }
-        self.order.push_back(key);
-        self.pending.insert(key, Pending { line: line_number, kind: event.kind, json });
+        self.sequence_of.insert(key, self.first_sequence + self.held.len() as u64);
+        self.held.push_back(Held { line: line_number, key, kind: event.kind, block, start, len });
+    }
+
+    /// Append the event's JSON to the last block (a new one when it may not fit): (block, start, len).
+    fn encode(&mut self, event: &DeliveryEvent) -> (u64, u32, u32) {
+        let bound = event_bound(event);
+        let fits = self.blocks.back().is_some_and(|last| last.bytes.len() + bound <= last.bytes.capacity());
+        if !fits {
+            let mut bytes = self.spare.pop().unwrap_or_default();
+            bytes.reserve(BLOCK_BYTES.max(bound));
+            self.blocks.push_back(Block { bytes, live: 0 });
+        }
+        let number = self.first_block + self.blocks.len() as u64 - 1;
+        let Some(last) = self.blocks.back_mut() else { unreachable!("a block was just added") };
+        let start = last.bytes.len();
+        push_event(&mut last.bytes, event);
+        last.live += 1;
+        (number, start as u32, (last.bytes.len() - start) as u32)
     }
 
     /// Write the events first seen at or before `up_to_line`, in the order they came.
@@ -165,20 +200,35 @@ impl EventWindow {
         out: &mut Output<'_>,
         types: &mut FirstSeenCounts<EventType>,
     ) -> io::Result<()> {
-        while let Some(key) = self.order.front() {
-            if self.pending.get(key).is_some_and(|held| held.line > up_to_line) {
+        while let Some(held) = self.held.front() {
+            if held.line > up_to_line {
                 break;
             }
-            let key = self.order.pop_front().unwrap_or_default();
-            if let Some(mut held) = self.pending.remove(&key) {
-                types.add(held.kind, held.kind.index());
-                out.buffer.extend_from_slice(&held.json);
-                held.json.clear();
-                self.spare.push(held.json);
-                out.end_line()?;
+            types.add(held.kind, held.kind.index());
+            let at = (held.block - self.first_block) as usize;
+            if let Some(block) = self.blocks.get_mut(at) {
+                let start = held.start as usize;
+                out.buffer.extend_from_slice(&block.bytes[start..start + held.len as usize]);
+                block.live -= 1;
             }
+            self.sequence_of.remove(&held.key);
+            self.held.pop_front();
+            self.first_sequence += 1;
+            self.release_blocks();
+            out.end_line()?;
         }
         Ok(())
+    }
+
+    /// Give the written blocks at the front back for reuse (never the last: events are appended to it).
+    fn release_blocks(&mut self) {
+        while self.blocks.len() > 1 && self.blocks.front().is_some_and(|block| block.live == 0) {
+            if let Some(mut block) = self.blocks.pop_front() {
+                block.bytes.clear();
+                self.spare.push(block.bytes);
+            }
+            self.first_block += 1;
+        }
     }
 }
 

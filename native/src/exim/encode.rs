@@ -504,7 +504,7 @@ const NUMBER_ROOM: usize = 32;
 const EVENT_FIXED_ROOM: usize = 1536;
 
 /// An upper bound of an event's JSON length: the fixed room plus each text escaped at worst.
-fn event_bound(event: &DeliveryEvent) -> usize {
+pub(super) fn event_bound(event: &DeliveryEvent) -> usize {
     let len = |value: &Option<Text>| value.as_ref().map_or(0, |text| text.len());
     let texts = event.server.len()
         + len(&event.msgid)

@@ -16,6 +16,7 @@
 //! possessive repeats, inline flags) makes `from_python` fail rather than answer differently.
 
 use std::borrow::Cow;
+use std::sync::OnceLock;
 
 use aho_corasick::automaton::Automaton;
 use aho_corasick::dfa::DFA;
@@ -24,6 +25,7 @@ use memchr::memmem::Finder;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
+
 use regex::Regex;
 
 use super::types::{Classify, Reason, Text};
@@ -111,7 +113,27 @@ fn is_word_byte(byte: u8) -> bool {
 struct RuleRow {
     name: Box<str>,
     reason: Reason,
-    pattern: Option<Regex>,
+    /// The pattern translated to the `regex` crate's syntax (checked when the classifier is built).
+    source: Option<Box<str>>,
+    /// Compiled on first use: a run meets few of the rules, and compiling them all would be most of
+    /// the start-up of `trackdelivery parse`.
+    pattern: OnceLock<Regex>,
+}
+
+impl RuleRow {
+    fn compile(name: &str, source: &str) -> Result<Regex, String> {
+        regex::RegexBuilder::new(source).size_limit(64 << 20).build().map_err(|error| format!("rule {name}: {error}"))
+    }
+
+    /// Whether the rule's pattern matches `text` from `from` on (false for a rule without one).
+    fn is_match_at(&self, text: &str, from: usize) -> bool {
+        let Some(source) = &self.source else { return false };
+        let regex = self.pattern.get_or_init(|| {
+            // the syntax was checked at build time and `NativeClassifier` compiles every rule in the tests
+            Self::compile(&self.name, source).unwrap_or_else(|error| panic!("{error}"))
+        });
+        regex.is_match_at(text, from)
+    }
 }
 
 /// `_applies` for every rule at once: each condition is a mask of the rules it lets through.
@@ -745,14 +767,18 @@ impl Classifier {
                     conditions.with_pattern |= bit;
                     let translated =
                         translate_pattern(source).map_err(|why| config_error(format!("rule {}: {why}", rule.name)))?;
-                    let compiled = regex::RegexBuilder::new(&translated)
-                        .size_limit(64 << 20)
-                        .build()
+                    regex_syntax::Parser::new()
+                        .parse(&translated)
                         .map_err(|error| config_error(format!("rule {}: {error}", rule.name)))?;
-                    Some(compiled)
+                    Some(translated.into_boxed_str())
                 }
             };
-            rules.push(RuleRow { name: rule.name.into_boxed_str(), reason: rule.reason, pattern });
+            rules.push(RuleRow {
+                name: rule.name.into_boxed_str(),
+                reason: rule.reason,
+                source: pattern,
+                pattern: OnceLock::new(),
+            });
         }
         let filter = TextFilter::new(&sources)?;
         Ok(Classifier { rules, conditions, filter, markers: Box::new(Markers::new()), hints })
@@ -840,9 +866,7 @@ impl Classifier {
         while pending != 0 {
             let index = pending.trailing_zeros() as usize;
             let bit: RuleSet = 1 << index;
-            if matched & bit != 0
-                || self.rules[index].pattern.as_ref().is_some_and(|regex| regex.is_match_at(lowered, from))
-            {
+            if matched & bit != 0 || self.rules[index].is_match_at(lowered, from) {
                 return Some(index);
             }
             pending &= !bit;
@@ -1240,9 +1264,18 @@ impl NativeClassifier {
         Ok(self.inner.hint(reason).to_string())
     }
 
+    /// The classifier of `trackdelivery parse`, with every rule's pattern compiled up front (the
+    /// engine compiles them on first use): a pattern that does not compile fails here.
     #[new]
     fn new(py: Python<'_>) -> PyResult<NativeClassifier> {
-        Ok(NativeClassifier { inner: Box::new(Classifier::from_python(py)?) })
+        let classifier = Classifier::from_python(py)?;
+        for rule in &classifier.rules {
+            if let Some(source) = &rule.source {
+                let compiled = RuleRow::compile(&rule.name, source).map_err(config_error)?;
+                let _ = rule.pattern.set(compiled);
+            }
+        }
+        Ok(NativeClassifier { inner: Box::new(classifier) })
     }
 
     #[pyo3(signature = (text, smtp_code=None, enhanced_code=None, errno=None, phase=None, kind=None))]

@@ -468,6 +468,22 @@ def test_trigger_words():
         reasons.trigger_word(r"(?:a|b) c")
 
 
+def test_trigger_index_covers_every_alternative_of_every_text_rule():
+    # built on first use rather than at import: a row whose alternative has no trigger word fails here
+    reasons._trigger_index.cache_clear()
+    index = reasons._trigger_index()
+    assert len(index.alternatives) == len(RULES)
+    triggered = {hit for hits in index.whole.values() for hit in hits}
+    triggered |= {hit for words in index.prefix.values() for _, hits in words for hit in hits}
+    for position, rule in enumerate(RULES):
+        if rule.pattern is None:
+            assert index.alternatives[position] == ()
+            continue
+        alternatives = index.alternatives[position]
+        assert "|".join(alternatives) == rule.pattern.pattern[len(r"\b(?:") : -1], rule.name
+        assert {(position, number) for number in range(len(alternatives))} <= triggered, rule.name
+
+
 def _reference(text, smtp_code=None, enhanced_code=None, errno=None, phase=None, kind="fail"):
     """Plain first-match evaluation of RULES with each rule's full pattern (no trigger index)."""
     scan = text[: reasons.MAX_SCAN] if text else ""
