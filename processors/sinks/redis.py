@@ -42,6 +42,7 @@ from trackdelivery.store.keys import (
     event_ref,
     index_sources,
     line_chunk_field,
+    line_mark_field,
     member,
     message_ref,
     normalize,
@@ -62,9 +63,13 @@ Pipeline = aioredis.client.Pipeline | aioredis.cluster.ClusterPipeline
 _NO_OFFSET = b"\x00" * 4
 
 #: KEYS[1] = message hash; ARGV = expiry, number of records, line cap, (field, record) pairs, then
-#: (field, line chunk) pairs. Stores each record whose field is absent and returns the previous values
-#: (nil = new); stores each chunk not stored yet while the message's line count is below the cap;
-#: moves the expiry later, never earlier. One key: safe on Redis Cluster.
+#: (field, line chunk, mark field, offsets) for each chunk. Stores each record whose field is absent and
+#: returns the previous values (nil = new). A chunk's lines at or below its file's mark (the highest
+#: offset stored by an earlier call) were stored before: a chunk of only such lines is skipped, and the
+#: line count, which the cap applies to, counts only the others (a batch processed again after a retry
+#: packs the same lines into other chunks). A chunk without a mark (lines without offsets) counts all its
+#: lines. Chunks are stored while the count is below the cap. Moves the expiry later, never earlier. One
+#: key: safe on Redis Cluster.
 STORE_RECORDS = """
 local key = KEYS[1]
 local olds = {}
@@ -78,15 +83,29 @@ end
 if a <= #ARGV then
   local count = tonumber(redis.call('HGET', key, '#') or '0')
   local cap, added = tonumber(ARGV[3]), 0
+  local marks, raised = {}, {}
   while a <= #ARGV do
-    local chunk = ARGV[a + 1]
-    local lines = string.byte(chunk, 1) * 256 + string.byte(chunk, 2)
-    if count + added < cap and redis.call('HSETNX', key, ARGV[a], chunk) == 1 then
-      added = added + lines
+    local chunk, mark = ARGV[a + 1], ARGV[a + 2]
+    local fresh, top = string.byte(chunk, 1) * 256 + string.byte(chunk, 2), -1
+    if mark ~= '' then
+      if marks[mark] == nil then marks[mark] = tonumber(redis.call('HGET', key, mark) or '-1') end
+      fresh = 0
+      for text in string.gmatch(ARGV[a + 3], '%d+') do
+        local offset = tonumber(text)
+        if offset > marks[mark] then fresh = fresh + 1 end
+        if offset > top then top = offset end
+      end
     end
-    a = a + 2
+    if fresh > 0 and count + added < cap and redis.call('HSETNX', key, ARGV[a], chunk) == 1 then
+      added = added + fresh
+      if mark ~= '' and top > (raised[mark] or -1) then raised[mark] = top end
+    end
+    a = a + 4
   end
   if added > 0 then redis.call('HINCRBY', key, '#', added) end
+  for mark, top in pairs(raised) do
+    if top > marks[mark] then redis.call('HSET', key, mark, string.format('%d', top)) end
+  end
 end
 local at = tonumber(ARGV[1])
 if redis.call('EXPIRETIME', key) < at then redis.call('EXPIREAT', key, at) end
@@ -180,6 +199,22 @@ class _Prepared:
     bits: list[tuple[bytes, int]] = field(default_factory=list)  # (bucket directory key, bit offset)
 
 
+@dataclass(frozen=True, slots=True)
+class _Chunk:
+    """Raw lines of one message and one file, packed under one field of the message hash."""
+
+    field: bytes
+    value: bytes
+    mark: bytes  # the field of the file's highest stored offset; empty for lines without offsets
+    offsets: tuple[int, ...]
+
+    def fresh_lines(self, mark_before: int) -> int:
+        """How many of the lines were not stored before (all of them without a mark)."""
+        if not self.mark:
+            return codec.chunk_line_count(self.value)
+        return sum(offset > mark_before for offset in self.offsets)
+
+
 @dataclass(slots=True)
 class _Message:
     key: bytes
@@ -188,10 +223,15 @@ class _Message:
     arrival_raw: bytes | None = None
     arrival_blob: bytes | None = None
     old_arrival: bytes | None = None
-    chunks: list[tuple[bytes, bytes]] = field(default_factory=list)  # (field, value) of raw line chunks
-    # on a cluster: the stored line count before this write and which chunks it newly stored
+    chunks: list[_Chunk] = field(default_factory=list)
+    # on a cluster: the stored line count and file marks before this write, and which chunks it newly stored
     lines_before: int = 0
+    marks_before: dict[bytes, int] = field(default_factory=dict)
     chunks_stored: list[bool] = field(default_factory=list)
+
+    def marks(self) -> list[bytes]:
+        """The file marks of the message's chunks, each once, in order."""
+        return list(dict.fromkeys(chunk.mark for chunk in self.chunks if chunk.mark))
 
 
 #: the largest stored line chunk: below ``hash-max-listpack-value`` (REDIS_CONFIG), so the message hash
@@ -421,14 +461,18 @@ class RedisWriter:
                     pipe.hsetnx(key, field_name, blob)
                 if message.chunks:
                     pipe.hget(key, LINE_COUNT_FIELD)
-                    for field_name, chunk in message.chunks:
-                        pipe.hsetnx(key, field_name, chunk)
+                    for mark in message.marks():
+                        pipe.hget(key, mark)
+                    for chunk in message.chunks:
+                        pipe.hsetnx(key, chunk.field, chunk.value)
                 pipe.expireat(key, message.expire_at, nx=True)
                 pipe.expireat(key, message.expire_at, gt=True)
             else:
                 arguments: list[bytes | int] = [message.expire_at, len(pairs), cap]
-                for field_name, blob in (*pairs, *message.chunks):
+                for field_name, blob in pairs:
                     arguments += [field_name, blob]
+                for chunk in message.chunks:
+                    arguments += [chunk.field, chunk.value, chunk.mark, " ".join(map(str, chunk.offsets)).encode()]
                 pipe.evalsha(self._store_sha or "", 1, key, *arguments)
         expiries: dict[bytes, int] = {}
         additions: dict[bytes, dict[bytes, int]] = {}
@@ -453,9 +497,13 @@ class RedisWriter:
                 position += 2 * count
                 if message.chunks:
                     message.lines_before = int(replies[position] or 0)
-                    stored = replies[position + 1 : position + 1 + len(message.chunks)]
+                    marks = message.marks()
+                    values = replies[position + 1 : position + 1 + len(marks)]
+                    message.marks_before = {mark: int(value or -1) for mark, value in zip(marks, values, strict=True)}
+                    position += 1 + len(marks)
+                    stored = replies[position : position + len(message.chunks)]
                     message.chunks_stored = [bool(reply) for reply in stored]
-                    position += 1 + len(message.chunks)
+                    position += len(message.chunks)
                 position += 2
         else:
             olds_per_message = replies[: len(messages)]
@@ -620,24 +668,30 @@ class RedisWriter:
                 (int(line.time), line.offset if line.offset >= 0 else number, text)
                 for number, (line, text) in enumerate(entries)
             ]
+            # lines read at a known place of a known file are recognised when written again
+            mark = line_mark_field(file) if file and all(line.offset >= 0 for line, _ in entries) else b""
             count += len(chunk_lines)
             for start in range(0, len(chunk_lines), most):
-                messages[key].chunks.extend(self._pack_chunks(chunk_lines[start : start + most], msgids[key], file))
+                packed = self._pack_chunks(chunk_lines[start : start + most], msgids[key], file, mark)
+                messages[key].chunks.extend(packed)
         return count
 
-    def _pack_chunks(self, lines: list[codec.ChunkLine], msgid: bytes, file: str) -> list[tuple[bytes, bytes]]:
+    def _pack_chunks(self, lines: list[codec.ChunkLine], msgid: bytes, file: str, mark: bytes) -> list[_Chunk]:
         """``lines`` as one chunk, or halved until every chunk fits LINE_CHUNK_BYTES (or is one line): a
         message's lines of one batch usually fit one chunk, so this compresses once."""
-        packed = self._pack_chunk(lines, msgid, file)
-        if len(packed[1]) <= LINE_CHUNK_BYTES or len(lines) == 1:
+        packed = self._pack_chunk(lines, msgid, file, mark)
+        if len(packed.value) <= LINE_CHUNK_BYTES or len(lines) == 1:
             return [packed]
         middle = len(lines) // 2
-        return self._pack_chunks(lines[:middle], msgid, file) + self._pack_chunks(lines[middle:], msgid, file)
+        return self._pack_chunks(lines[:middle], msgid, file, mark) + self._pack_chunks(
+            lines[middle:], msgid, file, mark
+        )
 
-    def _pack_chunk(self, chunk: list[codec.ChunkLine], msgid: bytes, file: str) -> tuple[bytes, bytes]:
+    def _pack_chunk(self, chunk: list[codec.ChunkLine], msgid: bytes, file: str, mark: bytes) -> _Chunk:
         payload = codec.line_chunk_payload(chunk, msgid)
         name = line_chunk_field(chunk[0][0], file, chunk[0][1], payload)
-        return name, self.compression.pack_line_chunk(len(chunk), payload)
+        offsets = tuple(offset for _, offset, _ in chunk) if mark else ()
+        return _Chunk(name, self.compression.pack_line_chunk(len(chunk), payload), mark, offsets)
 
     def _queue_directory(self, pipe: Pipeline, prepared: list[_Prepared], now: float) -> None:
         """Notes which time-index buckets hold which types (lets a no-filter search skip empty buckets)."""
@@ -699,17 +753,24 @@ class RedisWriter:
     ) -> None:
         pipe = self.client.pipeline(transaction=False)
         cap = self.settings.max_lines_per_message
-        for message in chunked:  # a cluster stored chunks unconditionally: count them, drop what is over the cap
+        for message in chunked:  # a cluster stored chunks unconditionally: what STORE_RECORDS does, after the fact
             added = 0
-            for (chunk_field, chunk), stored in zip(message.chunks, message.chunks_stored, strict=True):
+            raised: dict[bytes, int] = {}
+            for chunk, stored in zip(message.chunks, message.chunks_stored, strict=True):
                 if not stored:
                     continue
-                if message.lines_before + added < cap:
-                    added += codec.chunk_line_count(chunk)
+                fresh = chunk.fresh_lines(message.marks_before.get(chunk.mark, -1))
+                if fresh > 0 and message.lines_before + added < cap:
+                    added += fresh
+                    if chunk.mark:
+                        raised[chunk.mark] = max(raised.get(chunk.mark, -1), *chunk.offsets)
                 else:
-                    pipe.hdel(message.key, chunk_field)
+                    pipe.hdel(message.key, chunk.field)
             if added:
                 pipe.hincrby(message.key, LINE_COUNT_FIELD, added)
+            for mark, top in raised.items():
+                if top > message.marks_before.get(mark, -1):
+                    pipe.hset(message.key, mark, top)
         counters: dict[tuple[bytes, str], int] = {}
         stat_expiry: dict[bytes, int] = {}
         decompress = self.compression.decompress

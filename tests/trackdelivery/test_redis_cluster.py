@@ -39,7 +39,7 @@ from trackdelivery.connections import count_keys, redis_client, sync_redis_clien
 from trackdelivery.devenv.redis import RedisClusterServers
 from trackdelivery.events import DeliveryEvent, EventType, Reason
 from trackdelivery.settings import RedisSettings
-from trackdelivery.store.keys import KeySpace, Kind
+from trackdelivery.store.keys import LINE_COUNT_FIELD, KeySpace, Kind, is_line_chunk_field, message_ref
 from trackdelivery.store.types import MessageLine, Page, Query, QueryResult, StoreSettings, WriteStats
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow]
@@ -269,6 +269,32 @@ async def test_message_views_are_the_same_on_the_cluster(
             shown += view is not None and bool(view.lines)
     assert shown >= len(messages)
     assert await cluster.message(SERVERS[0], "1zzzzz-000000-zz") is None
+
+
+async def test_lines_written_again_in_other_batches_count_once_on_the_cluster(
+    twin: Twin, clients: tuple[aioredis.Redis, aioredis.RedisCluster]
+) -> None:
+    """The cluster path (no scripts) counts lines against the cap as the single Redis's script does."""
+    event = twin.fleet.events[0]
+    assert event.msgid is not None
+    store = twin.store.model_copy(update={"prefix": f"{twin.prefix}x", "max_lines_per_message": 20})
+    lines = [
+        MessageLine(event.server, event.msgid, event.time + n // 5, f"line {n}", "inode-3", 120 * n) for n in range(18)
+    ]
+    records = []
+    for client in clients:
+        writer = RedisWriter(client, store)
+        for start, end in ((0, 6), (2, 9), (0, 9), (4, 12), (9, 14), (1, 16), (14, 18), (3, 11)):
+            await writer.write([event], lines[start:end])
+        view = await DeliverySearch(client, store).message(event.server, event.msgid)
+        assert view is not None and view.lines == [line.text for line in lines]
+        key = KeySpace(store).message(message_ref(event.server, event.msgid))
+        records.append(await client.hgetall(key))
+    single, cluster = records
+    assert single[LINE_COUNT_FIELD] == cluster[LINE_COUNT_FIELD] == b"18"
+    assert sorted(name for name in single if is_line_chunk_field(name)) == sorted(
+        name for name in cluster if is_line_chunk_field(name)
+    )
 
 
 @pytest.mark.parametrize("dimension", ["user", "sender_domain", "server"])

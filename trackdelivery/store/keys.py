@@ -32,6 +32,9 @@ LINE_COUNT_FIELD = b"#"
 #: offset (5) | payload digest (2); sorting the names sorts chunks roughly in log order
 LINE_CHUNK_PREFIX = b"L"
 LINE_CHUNK_FIELD_BYTES = 14
+#: the highest line offset of one file whose line is stored in the message's chunks: ``@`` | digest of
+#: the file identity (8); a line at or below it was stored before, so it is not counted again
+LINE_MARK_PREFIX = b"@"
 DIGEST_BYTES = 3
 TYPE_AT = DIGEST_BYTES + 4  # position of the type code in a member
 MEMBER_BYTES = TYPE_AT + 1 + REF_BYTES
@@ -74,6 +77,11 @@ def is_record_field(name: bytes) -> bool:
 
 def is_line_chunk_field(name: bytes) -> bool:
     return len(name) == LINE_CHUNK_FIELD_BYTES and name[:1] == LINE_CHUNK_PREFIX
+
+
+def line_mark_field(file: str) -> bytes:
+    """The field holding the highest stored line offset of ``file`` (the shipper's file identity)."""
+    return LINE_MARK_PREFIX + hashlib.blake2b(file.encode("utf-8", "surrogatepass"), digest_size=8).digest()
 
 
 def line_chunk_field(time: float, file: str, offset: int, payload: bytes) -> bytes:

@@ -98,6 +98,28 @@ async def test_lines_keep_log_order_whatever_batches_carried_them(client, key_pr
         assert view is not None and view.lines == texts
 
 
+async def test_lines_written_again_in_other_batches_count_once_against_the_cap(client, redis_client, key_prefix):
+    """A batch processed again after a retry or restart packs the same lines into other chunks. The line
+    count that caps a message's lines must count each line once, or the message's later lines are dropped
+    although it holds far fewer lines than the cap."""
+    settings = store_settings(key_prefix, max_lines_per_message=20)
+    event = make_event(time=NOW - 600)
+    lines = [
+        MessageLine(event.server, event.msgid, event.time + n // 5, f"line {n}", "inode-7", 120 * n) for n in range(18)
+    ]
+    writer = RedisWriter(client, settings)
+    for start, end in ((0, 6), (2, 9), (0, 9), (4, 12), (9, 14), (1, 16), (14, 18), (0, 18)):
+        await writer.write([event], lines[start:end])
+    view = await DeliverySearch(client, settings).message(event.server, event.msgid)
+    assert view is not None and view.lines == [line.text for line in lines]
+    record = redis_client.hgetall(KeySpace(settings).message(message_ref(event.server, event.msgid)))
+    assert record[LINE_COUNT_FIELD] == b"18"
+    # a batch of old lines only stores nothing new
+    before = line_chunks(redis_client, settings, event.server, event.msgid)
+    await writer.write([event], lines[3:11])
+    assert line_chunks(redis_client, settings, event.server, event.msgid) == before
+
+
 async def test_a_damaged_line_chunk_costs_its_own_lines_only(client, redis_client, key_prefix, caplog):
     settings = store_settings(key_prefix)
     event = make_event(time=NOW - 600)
