@@ -208,15 +208,25 @@ struct Scratch {
     interner: Interner,
     id_buffer: Vec<u8>,
     discriminator: String,
+    defer_ids: bool,
 }
 
 impl Scratch {
     fn new() -> Self {
-        Scratch { interner: Interner::new(), id_buffer: Vec::with_capacity(256), discriminator: String::new() }
+        Scratch {
+            interner: Interner::new(),
+            id_buffer: Vec::with_capacity(256),
+            discriminator: String::new(),
+            defer_ids: false,
+        }
     }
 
-    /// `DeliveryEvent.__post_init__`'s id.
+    /// `DeliveryEvent.__post_init__`'s id (marked pending instead when ids are deferred).
     fn set_event_id(&mut self, event: &mut DeliveryEvent) {
+        if self.defer_ids {
+            event.id_pending = true;
+            return;
+        }
         event.event_id = event_id(
             &mut self.id_buffer,
             &event.server,
@@ -328,38 +338,17 @@ pub(super) fn event_id(
     attempt: i64,
 ) -> EventId {
     use std::io::Write;
-    let parts = [server, msgid.unwrap_or(""), recipient.unwrap_or(""), kind];
-    let whole = time.fract() == 0.0 && time != 0.0 && time.abs() < 9.0e15;
-    // the usual case: written straight into one zero-padded block (parts, 4 separators, at most 24
-    // bytes of time, a separator and at most 20 of attempt)
-    if whole && parts.iter().map(|part| part.len()).sum::<usize>() + 49 <= ID_BLOCK {
-        let mut block = [0u8; ID_BLOCK];
-        let mut at = 0;
-        for part in parts {
-            block[at..at + part.len()].copy_from_slice(part.as_bytes());
-            at += part.len();
-            block[at] = 0x1f;
-            at += 1;
-        }
-        let mut digits = [0u8; 24];
-        let start = int_digits(&mut digits, time as i64);
-        block[at..at + 24 - start].copy_from_slice(&digits[start..]);
-        at += 24 - start;
-        block[at..at + 7].copy_from_slice(b".000000");
-        block[at + 7] = 0x1f;
-        at += 8;
-        let start = int_digits(&mut digits, attempt);
-        block[at..at + 24 - start].copy_from_slice(&digits[start..]);
-        at += 24 - start;
-        return EventId(blake2b_96_block(&block, at));
+    if let Some((block, len)) = id_block(server, msgid, recipient, kind, time, attempt) {
+        return EventId(blake2b_96_block(&block, len));
     }
+    let parts = [server, msgid.unwrap_or(""), recipient.unwrap_or(""), kind];
     buffer.clear();
     for part in parts {
         buffer.extend_from_slice(part.as_bytes());
         buffer.push(0x1f);
     }
     // f"{time:.6f}": exact for whole numbers of seconds below 2**53 (not -0.0, which keeps its sign)
-    if whole {
+    if is_whole_second(time) {
         push_int(buffer, time as i64);
         buffer.extend_from_slice(b".000000");
     } else {
@@ -368,6 +357,97 @@ pub(super) fn event_id(
     buffer.push(0x1f);
     push_int(buffer, attempt);
     EventId(blake2b_96(buffer))
+}
+
+fn is_whole_second(time: f64) -> bool {
+    time.fract() == 0.0 && time != 0.0 && time.abs() < 9.0e15
+}
+
+/// The usual case of `event_id`'s input, written straight into one zero-padded block (parts, 4
+/// separators, at most 24 bytes of time, a separator and at most 20 of attempt): the block and its
+/// length, None when it does not fit or the time is not a whole second.
+fn id_block(
+    server: &str,
+    msgid: Option<&str>,
+    recipient: Option<&str>,
+    kind: &str,
+    time: f64,
+    attempt: i64,
+) -> Option<([u8; ID_BLOCK], usize)> {
+    let parts = [server, msgid.unwrap_or(""), recipient.unwrap_or(""), kind];
+    if !is_whole_second(time) || parts.iter().map(|part| part.len()).sum::<usize>() + 49 > ID_BLOCK {
+        return None;
+    }
+    let mut block = [0u8; ID_BLOCK];
+    let mut at = 0;
+    for part in parts {
+        block[at..at + part.len()].copy_from_slice(part.as_bytes());
+        at += part.len();
+        block[at] = 0x1f;
+        at += 1;
+    }
+    let mut digits = [0u8; 24];
+    let start = int_digits(&mut digits, time as i64);
+    block[at..at + 24 - start].copy_from_slice(&digits[start..]);
+    at += 24 - start;
+    block[at..at + 7].copy_from_slice(b".000000");
+    block[at + 7] = 0x1f;
+    at += 8;
+    let start = int_digits(&mut digits, attempt);
+    block[at..at + 24 - start].copy_from_slice(&digits[start..]);
+    at += 24 - start;
+    Some((block, at))
+}
+
+/// Sets the id of every event whose id is pending (see `Correlator::defer_event_ids`), as `event_id`
+/// computes it. With AVX2 the one-block ids are hashed four at a time: one hash waits on the latency of
+/// its own rounds, four interleaved keep the vector units busy.
+pub fn settle_event_ids(buffer: &mut Vec<u8>, events: &mut [DeliveryEvent]) {
+    #[cfg(target_arch = "x86_64")]
+    let four_at_once = std::arch::is_x86_feature_detected!("avx2");
+    #[cfg(not(target_arch = "x86_64"))]
+    let four_at_once = false;
+    let mut group: Vec<(usize, [u8; ID_BLOCK], usize)> = Vec::new();
+    for index in 0..events.len() {
+        let event = &mut events[index];
+        if !event.id_pending {
+            continue;
+        }
+        event.id_pending = false;
+        let (server, msgid, recipient) = (&event.server, event.msgid.as_deref(), event.recipient.as_deref());
+        let (kind, time, attempt) = (event.kind.as_str(), event.time, event.retry.attempt);
+        match id_block(server, msgid, recipient, kind, time, attempt) {
+            Some((block, len)) if four_at_once => {
+                group.push((index, block, len));
+                if group.len() == 4 {
+                    hash_group(&group, events);
+                    group.clear();
+                }
+            }
+            _ => event.event_id = event_id(buffer, server, msgid, recipient, kind, time, attempt),
+        }
+    }
+    for (index, block, len) in group {
+        events[index].event_id = EventId(blake2b_96_block(&block, len));
+    }
+}
+
+/// Four one-block ids at once (the caller checked that the processor has AVX2).
+fn hash_group(group: &[(usize, [u8; ID_BLOCK], usize)], events: &mut [DeliveryEvent]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let blocks = [&group[0].1, &group[1].1, &group[2].1, &group[3].1];
+        let lens = [group[0].2, group[1].2, group[2].2, group[3].2];
+        // SAFETY: `settle_event_ids` groups ids only when the processor has AVX2
+        let digests = unsafe { blake2b_avx2::hash_96_blocks4(blocks, lens) };
+        for ((index, _, _), digest) in group.iter().zip(digests) {
+            events[*index].event_id = EventId(digest);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    for (index, block, len) in group {
+        events[*index].event_id = EventId(blake2b_96_block(block, *len));
+    }
 }
 
 /// One blake2b block: event ids that fit are hashed from it without a copy.
@@ -534,6 +614,108 @@ mod blake2b_avx2 {
         digest[..8].copy_from_slice(&h[0].to_le_bytes());
         digest[8..].copy_from_slice(&h[1].to_le_bytes()[..4]);
         digest
+    }
+
+    /// `hash_96_block` of four blocks at once: the state of each hash in one 64-bit lane of sixteen
+    /// registers, the message words transposed the same way.
+    ///
+    /// # Safety
+    /// The processor must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn hash_96_blocks4(blocks: [&[u8; 128]; 4], lens: [usize; 4]) -> [[u8; 12]; 4] {
+        let mut m = [_mm256_setzero_si256(); 16];
+        for group in 0..4 {
+            let r0 = _mm256_loadu_si256(blocks[0].as_ptr().add(group * 32) as *const __m256i);
+            let r1 = _mm256_loadu_si256(blocks[1].as_ptr().add(group * 32) as *const __m256i);
+            let r2 = _mm256_loadu_si256(blocks[2].as_ptr().add(group * 32) as *const __m256i);
+            let r3 = _mm256_loadu_si256(blocks[3].as_ptr().add(group * 32) as *const __m256i);
+            // a 4x4 transpose of 64-bit words: m[4 * group + k] = word k of the group in each block
+            let t0 = _mm256_unpacklo_epi64(r0, r1);
+            let t1 = _mm256_unpackhi_epi64(r0, r1);
+            let t2 = _mm256_unpacklo_epi64(r2, r3);
+            let t3 = _mm256_unpackhi_epi64(r2, r3);
+            m[group * 4] = _mm256_permute2x128_si256(t0, t2, 0x20);
+            m[group * 4 + 1] = _mm256_permute2x128_si256(t1, t3, 0x20);
+            m[group * 4 + 2] = _mm256_permute2x128_si256(t0, t2, 0x31);
+            m[group * 4 + 3] = _mm256_permute2x128_si256(t1, t3, 0x31);
+        }
+        let rot24 = _mm256_setr_epi8(
+            3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10, 3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10,
+        );
+        let rot16 = _mm256_setr_epi8(
+            2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9, 2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9,
+        );
+        let mut h = IV;
+        h[0] ^= 0x0101_0000 ^ 12;
+        let counters = _mm256_setr_epi64x(lens[0] as i64, lens[1] as i64, lens[2] as i64, lens[3] as i64);
+        let mut v = [
+            _mm256_set1_epi64x(h[0] as i64),
+            _mm256_set1_epi64x(h[1] as i64),
+            _mm256_set1_epi64x(h[2] as i64),
+            _mm256_set1_epi64x(h[3] as i64),
+            _mm256_set1_epi64x(h[4] as i64),
+            _mm256_set1_epi64x(h[5] as i64),
+            _mm256_set1_epi64x(h[6] as i64),
+            _mm256_set1_epi64x(h[7] as i64),
+            _mm256_set1_epi64x(IV[0] as i64),
+            _mm256_set1_epi64x(IV[1] as i64),
+            _mm256_set1_epi64x(IV[2] as i64),
+            _mm256_set1_epi64x(IV[3] as i64),
+            _mm256_xor_si256(_mm256_set1_epi64x(IV[4] as i64), counters),
+            _mm256_set1_epi64x(IV[5] as i64),
+            _mm256_set1_epi64x(!IV[6] as i64), // the last block
+            _mm256_set1_epi64x(IV[7] as i64),
+        ];
+        macro_rules! g {
+            ($a:expr, $b:expr, $c:expr, $d:expr, $x:expr, $y:expr) => {
+                v[$a] = _mm256_add_epi64(_mm256_add_epi64(v[$a], v[$b]), $x);
+                v[$d] = _mm256_shuffle_epi32(_mm256_xor_si256(v[$d], v[$a]), 0b10_11_00_01);
+                v[$c] = _mm256_add_epi64(v[$c], v[$d]);
+                v[$b] = _mm256_shuffle_epi8(_mm256_xor_si256(v[$b], v[$c]), rot24);
+                v[$a] = _mm256_add_epi64(_mm256_add_epi64(v[$a], v[$b]), $y);
+                v[$d] = _mm256_shuffle_epi8(_mm256_xor_si256(v[$d], v[$a]), rot16);
+                v[$c] = _mm256_add_epi64(v[$c], v[$d]);
+                let x = _mm256_xor_si256(v[$b], v[$c]);
+                v[$b] = _mm256_or_si256(_mm256_srli_epi64(x, 63), _mm256_add_epi64(x, x));
+            };
+        }
+        macro_rules! round {
+            ($r:expr) => {{
+                const S: [usize; 16] = SIGMA[$r];
+                g!(0, 4, 8, 12, m[S[0]], m[S[1]]);
+                g!(1, 5, 9, 13, m[S[2]], m[S[3]]);
+                g!(2, 6, 10, 14, m[S[4]], m[S[5]]);
+                g!(3, 7, 11, 15, m[S[6]], m[S[7]]);
+                g!(0, 5, 10, 15, m[S[8]], m[S[9]]);
+                g!(1, 6, 11, 12, m[S[10]], m[S[11]]);
+                g!(2, 7, 8, 13, m[S[12]], m[S[13]]);
+                g!(3, 4, 9, 14, m[S[14]], m[S[15]]);
+            }};
+        }
+        round!(0);
+        round!(1);
+        round!(2);
+        round!(3);
+        round!(4);
+        round!(5);
+        round!(6);
+        round!(7);
+        round!(8);
+        round!(9);
+        round!(10);
+        round!(11);
+        let mut first = [0u64; 4];
+        let mut second = [0u64; 4];
+        let out0 = _mm256_xor_si256(_mm256_set1_epi64x(h[0] as i64), _mm256_xor_si256(v[0], v[8]));
+        let out1 = _mm256_xor_si256(_mm256_set1_epi64x(h[1] as i64), _mm256_xor_si256(v[1], v[9]));
+        _mm256_storeu_si256(first.as_mut_ptr() as *mut __m256i, out0);
+        _mm256_storeu_si256(second.as_mut_ptr() as *mut __m256i, out1);
+        let mut digests = [[0u8; 12]; 4];
+        for (lane, digest) in digests.iter_mut().enumerate() {
+            digest[..8].copy_from_slice(&first[lane].to_le_bytes());
+            digest[8..].copy_from_slice(&second[lane].to_le_bytes()[..4]);
+        }
+        digests
     }
 
     /// `hash_96(&block[..len])` for a single block already zero past `len` (len <= 128).
@@ -1133,6 +1315,13 @@ impl Correlator {
             grace_seconds,
             stale_seconds,
         }
+    }
+
+    /// Leave the ids of most events to the caller: they are marked `id_pending` and computed by
+    /// `settle_event_ids`, which hashes several at once. Only the caller's reading of `event_id` and
+    /// the events' other fields change (they never depend on the id).
+    pub fn defer_event_ids(&mut self) {
+        self.engine.scratch.defer_ids = true;
     }
 
     /// Messages in the store.

@@ -10,9 +10,9 @@ use std::io::{self, BufReader, Read};
 
 use flate2::read::MultiGzDecoder;
 
-use super::correlator::Correlator;
+use super::correlator::{settle_event_ids, Correlator};
 use super::encode::{event_bound, push_event, push_line};
-use super::parser::parse_line_into;
+use super::parser::{parse_line_with, Detail};
 use super::types::{Classify, DeliveryEvent, EventType, LineKind, LocalClock, ParsedLine, Text};
 
 pub const READ_CHUNK: usize = 1 << 20;
@@ -261,14 +261,31 @@ struct State<'w> {
     window: EventWindow,
     kinds: FirstSeenCounts<LineKind>,
     types: FirstSeenCounts<EventType>,
+    /// Events of the last lines whose ids are not computed yet, with their line numbers.
     produced: Vec<DeliveryEvent>,
+    produced_at: Vec<u64>,
+    id_buffer: Vec<u8>,
     total_lines: u64,
     last_time: f64,
 }
 
+/// Events wait for their ids until this many are produced: their hashes are computed together.
+const ID_BATCH: usize = 8;
+
 impl State<'_> {
     fn drain(&mut self, up_to_line: u64) -> io::Result<()> {
+        self.settle();
         self.window.drain(up_to_line, &mut self.out, &mut self.types)
+    }
+
+    /// Compute the waiting events' ids and pass them to the window, in the order they came.
+    fn settle(&mut self) {
+        settle_event_ids(&mut self.id_buffer, &mut self.produced);
+        for (event, &at) in self.produced.iter().zip(&self.produced_at) {
+            self.window.add(at, event);
+        }
+        self.produced.clear();
+        self.produced_at.clear();
     }
 }
 
@@ -279,12 +296,16 @@ pub fn run(
     mut stdin: Option<&mut dyn Read>,
     sink: &mut dyn Sink,
 ) -> Result<Summary, RunError> {
+    // the events' ids are computed here, several at once, before they enter the window
+    run.correlator.defer_event_ids();
     let mut state = State {
         out: Output { sink, buffer: Vec::with_capacity(WRITE_CHUNK + 65_536), write_failed: false },
         window: EventWindow::default(),
         kinds: FirstSeenCounts::new(LineKind::ALL.len()),
         types: FirstSeenCounts::new(EventType::ALL.len()),
         produced: Vec::new(),
+        produced_at: Vec::new(),
+        id_buffer: Vec::new(),
         total_lines: 0,
         last_time: 0.0,
     };
@@ -305,11 +326,8 @@ pub fn run(
     let total = state.total_lines;
     let finish = |state: &mut State<'_>, run: &mut Run<'_>| -> io::Result<()> {
         if run.events {
-            let mut flushed = Vec::new();
-            run.correlator.flush(run.classifier, &mut flushed);
-            for event in &flushed {
-                state.window.add(total, event);
-            }
+            run.correlator.flush(run.classifier, &mut state.produced);
+            state.produced_at.resize(state.produced.len(), total);
             state.drain(total)?;
         }
         state.out.flush()?;
@@ -354,6 +372,7 @@ fn read_lines<R: Read>(
     let mut buffer = vec![0u8; READ_CHUNK];
     let mut filled = 0;
     let mut number: u64 = 0;
+    let detail = if run.events { Detail::Correlated } else { Detail::Full };
     let mut at_end = false;
     while !at_end {
         if filled == buffer.len() {
@@ -373,7 +392,7 @@ fn read_lines<R: Read>(
                     None => break,
                 };
                 number += 1;
-                parse_line_into(&buffer[start..end], run.clock, &mut line);
+                parse_line_with(&buffer[start..end], run.clock, &mut line, detail);
                 one_line(run, state, &input.server, &line, number)?;
                 if number.is_multiple_of(PROGRESS_EVERY) {
                     if let Some(progress) = run.progress.as_mut() {
@@ -406,10 +425,10 @@ fn one_line(
     }
     let at = state.total_lines + number;
     run.correlator.feed(server, line, run.classifier, &mut state.produced);
-    for event in &state.produced {
-        state.window.add(at, event);
+    state.produced_at.resize(state.produced.len(), at);
+    if state.produced.len() >= ID_BATCH {
+        state.settle();
     }
-    state.produced.clear();
     if number.is_multiple_of(WINDOW_CHECK_EVERY) {
         state.drain(at.saturating_sub(WINDOW_LINES))?;
     }

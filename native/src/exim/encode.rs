@@ -537,6 +537,7 @@ pub(super) fn event_bound(event: &DeliveryEvent) -> usize {
 
 /// `processors.exim.cli.encode_event`: one event as a JSON object (no newline).
 pub fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent) {
+    debug_assert!(!event.id_pending, "an event is written before its id is computed");
     let bound = event_bound(event);
     out.reserve(bound);
     let start = out.len();

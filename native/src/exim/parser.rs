@@ -100,9 +100,9 @@ pub fn parse_line<'a>(raw: &'a [u8], clock: &mut dyn LocalClock) -> ParsedLine<'
     } else {
         (strip_line_end(&raw[..MAX_RAW]), raw.len())
     };
-    if let Some(line) = decode(bytes) {
+    if let Some((line, _)) = decode(bytes) {
         let mut parsed = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(line));
-        return match guarded(&mut parsed, line, size, clock) {
+        return match guarded(&mut parsed, line, size, clock, false) {
             Ok(()) => parsed,
             Err(detail) => failed(raw, detail),
         };
@@ -110,11 +110,28 @@ pub fn parse_line<'a>(raw: &'a [u8], clock: &mut dyn LocalClock) -> ParsedLine<'
     parse_repaired(raw, bytes, size, clock)
 }
 
+/// What a parse fills in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// Every field, as `parse_line` does.
+    Full,
+    /// What the correlator reads. It reads only the kind and time of a line without a message id (a
+    /// rejection aside), so an ASCII connection line without one is not taken apart further: its kind is
+    /// known from its words, and only a non-ASCII digit could still make its fields fail to parse.
+    Correlated,
+}
+
 /// `*line = parse_line(raw, clock)`, reusing `line`'s storage: every field of `line` is overwritten (what it
 /// held before does not matter) and its vectors keep their capacity, so a caller that parses many lines
 /// of one buffer into the same `ParsedLine` allocates nothing per line in the common case.
 #[inline]
 pub fn parse_line_into<'a>(raw: &'a [u8], clock: &mut dyn LocalClock, line: &mut ParsedLine<'a>) {
+    parse_line_with(raw, clock, line, Detail::Full);
+}
+
+/// `parse_line_into` that fills in what `detail` asks for.
+#[inline]
+pub fn parse_line_with<'a>(raw: &'a [u8], clock: &mut dyn LocalClock, line: &mut ParsedLine<'a>, detail: Detail) {
     let (bytes, size) = if raw.len() <= MAX_RAW {
         let text = match raw {
             [head @ .., b'\r', b'\n'] => head,
@@ -125,9 +142,10 @@ pub fn parse_line_into<'a>(raw: &'a [u8], clock: &mut dyn LocalClock, line: &mut
     } else {
         (strip_line_end(&raw[..MAX_RAW]), raw.len())
     };
-    if let Some(text) = decode(bytes) {
+    if let Some((text, ascii)) = decode(bytes) {
         reset(line, Cow::Borrowed(text));
-        if let Err(detail) = guarded(line, text, size, clock) {
+        let lazy = ascii && detail == Detail::Correlated;
+        if let Err(detail) = guarded(line, text, size, clock, lazy) {
             *line = failed(raw, detail);
         }
         return;
@@ -135,14 +153,15 @@ pub fn parse_line_into<'a>(raw: &'a [u8], clock: &mut dyn LocalClock, line: &mut
     *line = parse_repaired(raw, bytes, size, clock);
 }
 
-/// The line as text when it is valid UTF-8: almost every line is ASCII, which is checked faster.
+/// The line as text when it is valid UTF-8, and whether it is ASCII: almost every line is, which is
+/// checked faster.
 #[inline]
-fn decode(bytes: &[u8]) -> Option<&str> {
+fn decode(bytes: &[u8]) -> Option<(&str, bool)> {
     if is_ascii(bytes) {
         // SAFETY: ASCII is valid UTF-8.
-        return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+        return Some((unsafe { std::str::from_utf8_unchecked(bytes) }, true));
     }
-    std::str::from_utf8(bytes).ok()
+    std::str::from_utf8(bytes).ok().map(|text| (text, false))
 }
 
 /// `bytes.is_ascii()`, 32 bytes a step.
@@ -256,7 +275,7 @@ fn reset<'a>(p: &mut ParsedLine<'a>, text: Cow<'a, str>) {
 fn parse_repaired<'a>(raw: &'a [u8], bytes: &[u8], size: usize, clock: &mut dyn LocalClock) -> ParsedLine<'a> {
     let line = String::from_utf8_lossy(bytes).into_owned();
     let mut parsed = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(line.as_str()));
-    match guarded(&mut parsed, &line, size, clock) {
+    match guarded(&mut parsed, &line, size, clock, false) {
         Ok(()) => into_owned(parsed),
         Err(detail) => failed(raw, detail),
     }
@@ -269,8 +288,9 @@ fn guarded<'b>(
     line: &'b str,
     size: usize,
     clock: &mut dyn LocalClock,
+    lazy: bool,
 ) -> Result<(), &'static str> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_text(parsed, line, size, clock))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_text(parsed, line, size, clock, lazy))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(())) => Err("parser error: ValueError"),
         Err(_) => Err("parser error: panic"),
@@ -355,8 +375,14 @@ fn prefix_time(m: &Prefix<'_>, clock: &mut dyn LocalClock) -> Option<f64> {
 }
 
 /// `_parse` on the decoded, bounded line. Err when Python would raise.
-fn parse_text<'a>(p: &mut ParsedLine<'a>, line: &'a str, size: usize, clock: &mut dyn LocalClock) -> Result<(), ()> {
-    let mut c = Ctx { line, p, err: false, extra_index: None };
+fn parse_text<'a>(
+    p: &mut ParsedLine<'a>,
+    line: &'a str,
+    size: usize,
+    clock: &mut dyn LocalClock,
+    lazy: bool,
+) -> Result<(), ()> {
+    let mut c = Ctx { line, p, err: false, extra_index: None, lazy };
     if size > MAX_RAW + 2 {
         c.p.set_extra("truncated_from", size.to_string());
     }
@@ -716,6 +742,8 @@ pub(super) struct Ctx<'a, 'p> {
     /// Positions of the `extra` keys, built once a line has many (a linear search per key would make
     /// a long line of tags quadratic; Python's dict is not).
     extra_index: Option<HashMap<&'a str, usize>>,
+    /// `Detail::Correlated` on an ASCII line (see `skip_fields`).
+    lazy: bool,
 }
 
 /// `extra` sizes up to which a linear search is used.
@@ -813,6 +841,11 @@ impl<'a> Ctx<'a, '_> {
             pos = end;
         }
         pos
+    }
+
+    /// Whether the fields of a line whose kind is known can be left out (`Detail::Correlated`).
+    pub(super) fn skip_fields(&self) -> bool {
+        self.lazy && self.p.msgid.is_none()
     }
 
     pub(super) fn int_of(&mut self, s: &str) -> Option<i64> {

@@ -513,6 +513,9 @@ impl<'a> Ctx<'a, '_> {
                     return false;
                 }
                 self.p.kind = LineKind::Connection;
+                if self.skip_fields() {
+                    return true;
+                }
                 let detail = self.fullhost_after(tail, "from ");
                 self.p.detail = Some(Cow::Borrowed(detail));
                 true
@@ -685,6 +688,9 @@ impl<'a> Ctx<'a, '_> {
         }
         if tail.starts_with("connection from ") || tail.starts_with("call from ") {
             self.p.kind = LineKind::Connection;
+            if self.skip_fields() {
+                return true;
+            }
             let detail = self.fullhost_after(tail, "from ");
             self.p.detail = Some(Cow::Borrowed(detail));
             return true;

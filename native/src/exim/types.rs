@@ -264,6 +264,8 @@ pub struct DeliveryEvent {
     pub delivered_to: Option<Text>,
     /// All zero until set (Python computes it in `__post_init__` when not given).
     pub event_id: EventId,
+    /// The id is still to be computed from the other fields (`settle_event_ids`).
+    pub id_pending: bool,
 }
 
 impl DeliveryEvent {
@@ -305,6 +307,7 @@ impl DeliveryEvent {
             parent_msgid: None,
             delivered_to: None,
             event_id: EventId::default(),
+            id_pending: false,
         }
     }
 }
