@@ -11,7 +11,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use indexmap::{Equivalent, IndexMap};
 
-use super::encode::{int_digits, push_int};
+use super::encode::{format_int, push_int};
 use super::retry::RetryRules;
 use super::types::{Classify, DeliveryEvent, EventId, EventType, LineKind, ParsedLine, Reason, RetryState, Text};
 
@@ -386,16 +386,11 @@ fn id_block(
         block[at] = 0x1f;
         at += 1;
     }
-    let mut digits = [0u8; 24];
-    let start = int_digits(&mut digits, time as i64);
-    block[at..at + 24 - start].copy_from_slice(&digits[start..]);
-    at += 24 - start;
+    at += format_int(&mut block[at..], time as i64);
     block[at..at + 7].copy_from_slice(b".000000");
     block[at + 7] = 0x1f;
     at += 8;
-    let start = int_digits(&mut digits, attempt);
-    block[at..at + 24 - start].copy_from_slice(&digits[start..]);
-    at += 24 - start;
+    at += format_int(&mut block[at..], attempt);
     Some((block, at))
 }
 
@@ -498,6 +493,24 @@ mod blake2b_avx2 {
         0x5be0_cd19_137e_2179,
     ];
 
+    /// The twelve rounds, unrolled (each `round!` takes its message schedule as a constant).
+    macro_rules! twelve_rounds {
+        ($round:ident) => {
+            $round!(0);
+            $round!(1);
+            $round!(2);
+            $round!(3);
+            $round!(4);
+            $round!(5);
+            $round!(6);
+            $round!(7);
+            $round!(8);
+            $round!(9);
+            $round!(10);
+            $round!(11);
+        };
+    }
+
     const SIGMA: [[usize; 16]; 12] = [
         [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15],
         [14, 10, 4, 8, 9, 15, 13, 6, 1, 12, 0, 2, 11, 7, 5, 3],
@@ -570,18 +583,7 @@ mod blake2b_avx2 {
                 d = _mm256_permute4x64_epi64(d, 0b00_11_10_01);
             }};
         }
-        round!(0);
-        round!(1);
-        round!(2);
-        round!(3);
-        round!(4);
-        round!(5);
-        round!(6);
-        round!(7);
-        round!(8);
-        round!(9);
-        round!(10);
-        round!(11);
+        twelve_rounds!(round);
         let row1 = _mm256_xor_si256(row1_start, _mm256_xor_si256(a, c));
         let row2 = _mm256_xor_si256(row2_start, _mm256_xor_si256(b, d));
         _mm256_storeu_si256(h.as_mut_ptr() as *mut __m256i, row1);
@@ -692,18 +694,7 @@ mod blake2b_avx2 {
                 g!(3, 4, 9, 14, m[S[14]], m[S[15]]);
             }};
         }
-        round!(0);
-        round!(1);
-        round!(2);
-        round!(3);
-        round!(4);
-        round!(5);
-        round!(6);
-        round!(7);
-        round!(8);
-        round!(9);
-        round!(10);
-        round!(11);
+        twelve_rounds!(round);
         let mut first = [0u64; 4];
         let mut second = [0u64; 4];
         let out0 = _mm256_xor_si256(_mm256_set1_epi64x(h[0] as i64), _mm256_xor_si256(v[0], v[8]));

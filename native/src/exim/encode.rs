@@ -164,6 +164,56 @@ pub fn push_int(out: &mut Vec<u8>, value: i64) {
     out.extend_from_slice(&digits[at..]);
 }
 
+/// `10^k` for k in 0..20.
+const POWERS_OF_TEN: [u64; 20] = {
+    let mut table = [1u64; 20];
+    let mut k = 1;
+    while k < 20 {
+        table[k] = table[k - 1] * 10;
+        k += 1;
+    }
+    table
+};
+
+/// The number of decimal digits of `value`.
+#[inline(always)]
+fn digit_count(value: u64) -> usize {
+    if value < 10 {
+        return 1;
+    }
+    // floor(log10) from floor(log2) (1233 / 4096 ~ log10(2)), corrected by one comparison
+    let estimate = ((64 - value.leading_zeros() as usize) * 1233) >> 12;
+    estimate + 1 - usize::from(value < POWERS_OF_TEN[estimate])
+}
+
+/// Writes `str(value)` at the start of `out` and returns its length. The digits go straight to their
+/// place: digits built in a scratch buffer and then copied make the copy's wide loads wait for the
+/// narrow stores before them.
+#[inline(always)]
+pub(crate) fn format_int(out: &mut [u8], value: i64) -> usize {
+    let mut rest = value.unsigned_abs();
+    let negative = usize::from(value < 0);
+    let len = digit_count(rest) + negative;
+    let out = &mut out[..len];
+    let mut at = len;
+    while rest >= 100 {
+        let pair = (rest % 100) as usize * 2;
+        rest /= 100;
+        at -= 2;
+        out[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    }
+    if rest >= 10 {
+        let pair = rest as usize * 2;
+        out[at - 2..at].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
+    } else {
+        out[at - 1] = b'0' + rest as u8;
+    }
+    if negative == 1 {
+        out[0] = b'-';
+    }
+    len
+}
+
 /// Writes `value` at the end of `digits` (sign included); returns where it starts.
 #[inline(always)]
 pub(crate) fn int_digits(digits: &mut [u8; 24], value: i64) -> usize {
@@ -423,10 +473,7 @@ fn short_decimal(digits: &mut [u8; 32], value: f64) -> Option<usize> {
             digits[0] = b'-';
             len = 1;
         }
-        let mut number = [0u8; 24];
-        let at = int_digits(&mut number, whole as i64);
-        digits[len..len + 24 - at].copy_from_slice(&number[at..]);
-        len += 24 - at;
+        len += format_int(&mut digits[len..], whole as i64);
         digits[len] = b'.';
         len += 1;
         let mut rest = fraction;
@@ -452,10 +499,7 @@ impl NumberText {
         let mut bytes = [0u8; NUMBER_ROOM];
         let whole = value as i64; // saturating; exact below 2^53
         if whole as f64 == value && value.abs() < WHOLE_FAST_LIMIT && !(value == 0.0 && value.is_sign_negative()) {
-            let mut digits = [0u8; 24];
-            let at = int_digits(&mut digits, whole);
-            let len = 24 - at;
-            bytes[..len].copy_from_slice(&digits[at..]);
+            let len = format_int(&mut bytes, whole);
             bytes[len..len + 2].copy_from_slice(b".0");
             return NumberText { bytes, len: len + 2 };
         }
@@ -476,13 +520,9 @@ impl NumberText {
 /// Room for `NUMBER_ROOM` bytes at `at`.
 #[inline(never)]
 unsafe fn write_int(at: *mut u8, value: i64) -> *mut u8 {
-    let mut digits = [0u8; 24];
-    let start = int_digits(&mut digits, value);
-    // the 24 bytes from `start` are the digits then stale bytes past them (room is reserved)
-    let mut padded = [0u8; 48];
-    padded[..24].copy_from_slice(&digits);
-    std::ptr::copy_nonoverlapping(padded.as_ptr().add(start), at, 24);
-    at.add(24 - start)
+    // SAFETY: the caller reserved `NUMBER_ROOM` bytes at `at`, more than the 20 an i64 takes
+    let room = std::slice::from_raw_parts_mut(at, NUMBER_ROOM);
+    at.add(format_int(room, value))
 }
 
 /// `Cursor::escaped` at `at`, out of line; returns the end.

@@ -292,7 +292,23 @@ def test_event_ids_are_the_python_ones() -> None:
             rng.choice([None, "1tsxAK-0000000Gk9-0aBc", ""]),
             rng.choice([None, "bob@example.com", "é@x", "x" * rng.randint(0, 300)]),
             rng.choice(["delivered", "deferred", "rejected"]),
-            rng.uniform(0, 2e9) if rng.random() < 0.5 else float(rng.randint(0, 2**31)),
-            rng.randint(0, 30),
+            rng.choice(
+                [
+                    rng.uniform(0, 2e9),
+                    float(rng.randint(0, 2**31)),
+                    # whole seconds at the digit-count edges, negative ones and the last exact ones
+                    float(10 ** rng.randint(0, 15) - rng.randint(0, 1)),
+                    -float(10 ** rng.randint(0, 15) - rng.randint(0, 1)),
+                    float(rng.randint(-(2**53), 2**53)),
+                ]
+            ),
+            rng.choice(
+                [
+                    rng.randint(0, 30),
+                    10 ** rng.randint(0, 18) - rng.randint(0, 1),
+                    -(10 ** rng.randint(0, 18)) + rng.randint(0, 1),
+                    rng.randint(-(2**63), 2**63 - 1),
+                ]
+            ),
         )
         assert trackdelivery_native.exim_event_id(*args) == make_event_id(*args), args
