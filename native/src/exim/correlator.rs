@@ -1530,11 +1530,13 @@ impl Engine {
                 }
             };
         }
-        set!(sender, sender.map(|sender| interner.intern(sender)));
+        // senders and client addresses differ from message to message (most would miss the text cache and
+        // push out texts that repeat): they get texts of their own
+        set!(sender, sender.map(Text::from));
         set!(sender_domain, interner.domain(sender));
         set!(auth_id, auth_id(interner, line.auth.as_deref()));
         set!(client_host, or_str(line.host.as_deref(), line.helo.as_deref()).map(|host| interner.intern(host)));
-        set!(client_ip, interner.text(&line.host_ip));
+        set!(client_ip, line.host_ip.as_deref().map(Text::from));
         set!(protocol, interner.text(&line.protocol));
         set!(size, line.size);
         set!(subject, to_text(&line.subject));
@@ -2017,10 +2019,11 @@ impl Engine {
         );
         let interner = &mut self.scratch.interner;
         let sender = line.sender.as_deref();
-        arrival.sender = sender.map(|sender| interner.intern(sender));
+        // as on arrival: senders, client names and addresses of rejected mail seldom repeat
+        arrival.sender = sender.map(Text::from);
         arrival.sender_domain = interner.domain(sender);
-        arrival.client_host = or_str(line.host.as_deref(), line.helo.as_deref()).map(|host| interner.intern(host));
-        arrival.client_ip = interner.text(&line.host_ip);
+        arrival.client_host = or_str(line.host.as_deref(), line.helo.as_deref()).map(Text::from);
+        arrival.client_ip = line.host_ip.as_deref().map(Text::from);
         if line.auth.as_deref().is_some_and(|auth| !auth.is_empty()) {
             arrival.auth_id = auth_id(interner, line.auth.as_deref());
         }
