@@ -102,7 +102,7 @@ pub fn parse_line<'a>(raw: &'a [u8], clock: &mut dyn LocalClock) -> ParsedLine<'
     };
     if let Some((line, _)) = decode(bytes) {
         let mut parsed = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(line));
-        return match guarded(&mut parsed, line, size, clock, false) {
+        return match guarded(&mut parsed, line, size, clock, Lazy::default()) {
             Ok(()) => parsed,
             Err(detail) => failed(raw, detail),
         };
@@ -115,9 +115,10 @@ pub fn parse_line<'a>(raw: &'a [u8], clock: &mut dyn LocalClock) -> ParsedLine<'
 pub enum Detail {
     /// Every field, as `parse_line` does.
     Full,
-    /// What the correlator reads. It reads only the kind and time of a line without a message id (a
-    /// rejection aside), so an ASCII connection line without one is not taken apart further: its kind is
-    /// known from its words, and only a non-ASCII digit could still make its fields fail to parse.
+    /// What the correlator reads. It never reads `extra`, which is left empty (but for the keys the
+    /// parser reads back). It reads only the kind and time of a line without a message id (a rejection
+    /// aside), so an ASCII connection line without one is not taken apart further: its kind is known
+    /// from its words, and only a non-ASCII digit could still make its fields fail to parse.
     Correlated,
 }
 
@@ -144,7 +145,7 @@ pub fn parse_line_with<'a>(raw: &'a [u8], clock: &mut dyn LocalClock, line: &mut
     };
     if let Some((text, ascii)) = decode(bytes) {
         reset(line, Cow::Borrowed(text));
-        let lazy = ascii && detail == Detail::Correlated;
+        let lazy = Lazy { fields: ascii && detail == Detail::Correlated, extras: detail == Detail::Correlated };
         if let Err(detail) = guarded(line, text, size, clock, lazy) {
             *line = failed(raw, detail);
         }
@@ -275,7 +276,7 @@ fn reset<'a>(p: &mut ParsedLine<'a>, text: Cow<'a, str>) {
 fn parse_repaired<'a>(raw: &'a [u8], bytes: &[u8], size: usize, clock: &mut dyn LocalClock) -> ParsedLine<'a> {
     let line = String::from_utf8_lossy(bytes).into_owned();
     let mut parsed = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(line.as_str()));
-    match guarded(&mut parsed, &line, size, clock, false) {
+    match guarded(&mut parsed, &line, size, clock, Lazy::default()) {
         Ok(()) => into_owned(parsed),
         Err(detail) => failed(raw, detail),
     }
@@ -288,7 +289,7 @@ fn guarded<'b>(
     line: &'b str,
     size: usize,
     clock: &mut dyn LocalClock,
-    lazy: bool,
+    lazy: Lazy,
 ) -> Result<(), &'static str> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_text(parsed, line, size, clock, lazy))) {
         Ok(Ok(())) => Ok(()),
@@ -380,7 +381,7 @@ fn parse_text<'a>(
     line: &'a str,
     size: usize,
     clock: &mut dyn LocalClock,
-    lazy: bool,
+    lazy: Lazy,
 ) -> Result<(), ()> {
     let mut c = Ctx { line, p, err: false, extra_index: None, lazy };
     if size > MAX_RAW + 2 {
@@ -742,9 +743,20 @@ pub(super) struct Ctx<'a, 'p> {
     /// Positions of the `extra` keys, built once a line has many (a linear search per key would make
     /// a long line of tags quadratic; Python's dict is not).
     extra_index: Option<HashMap<&'a str, usize>>,
-    /// `Detail::Correlated` on an ASCII line (see `skip_fields`).
-    lazy: bool,
+    lazy: Lazy,
 }
+
+/// What `Detail::Correlated` leaves out of a line.
+#[derive(Clone, Copy, Default)]
+struct Lazy {
+    /// The fields of an ASCII line without a message id once its kind is known (see `skip_fields`).
+    fields: bool,
+    /// `extra`: the correlator never reads it. The keys the parser itself reads back are kept.
+    extras: bool,
+}
+
+/// The `extra` keys the parser reads back while it parses a line.
+const EXTRAS_READ_BACK: [&str; 3] = ["bad_time", "unparsed", "strerror"];
 
 /// `extra` sizes up to which a linear search is used.
 const EXTRA_LINEAR: usize = 16;
@@ -752,6 +764,9 @@ const EXTRA_LINEAR: usize = 16;
 impl<'a> Ctx<'a, '_> {
     /// `p.extra[key] = value` (a present key keeps its place).
     pub(super) fn set_extra(&mut self, key: &'a str, value: impl Into<Text<'a>>) {
+        if self.lazy.extras && !EXTRAS_READ_BACK.contains(&key) {
+            return;
+        }
         let value = value.into();
         if self.extra_index.is_none() && self.p.extra.len() < EXTRA_LINEAR {
             self.p.set_extra(key, value);
@@ -845,7 +860,7 @@ impl<'a> Ctx<'a, '_> {
 
     /// Whether the fields of a line whose kind is known can be left out (`Detail::Correlated`).
     pub(super) fn skip_fields(&self) -> bool {
-        self.lazy && self.p.msgid.is_none()
+        self.lazy.fields && self.p.msgid.is_none()
     }
 
     pub(super) fn int_of(&mut self, s: &str) -> Option<i64> {
