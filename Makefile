@@ -33,9 +33,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-# the query service's native row decoder (Rust, built with maturin; the service runs without it, slower)
-$(VENV)/.native: $(VENV)/.installed native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs native/src/*/*.rs) native/pyproject.toml
-	$(BIN)/pip install -q ./native
+# the native extension (Rust, built with maturin): the query service's row decoder and the engine of
+# `trackdelivery parse`; profile-guided when rustup has LLVM's tools (PGO=0: a plain build)
+$(VENV)/.native: $(VENV)/.installed native/Cargo.toml native/Cargo.lock $(wildcard native/src/*.rs native/src/*/*.rs) native/pyproject.toml native/build.sh
+	native/build.sh $(BIN)
 	touch $@
 
 # the Redis module with the search walk as a command (Rust, no dependencies; the service uses the Lua

@@ -104,6 +104,15 @@ def bench_log(lines: int, seed: int) -> Path:
     return target
 
 
+def native_build() -> str:
+    """How the installed extension was built: "pgo" or "release" (native/build.sh), "missing" without it."""
+    try:
+        import trackdelivery_native
+    except ImportError:
+        return "missing"
+    return str(getattr(trackdelivery_native, "BUILD", "release"))
+
+
 def pinned(command: list[str]) -> list[str]:
     return ["taskset", "-c", "0", *command] if shutil.which("taskset") else command
 
@@ -160,6 +169,8 @@ def main() -> None:
     reference = pinned([*command, "--engine", "python", str(path)])
     theirs = pinned([*find_eximstats(CACHE), str(path)])
     log(f"log: {path} ({lines} lines, {path.stat().st_size / 1e6:.1f} MB)")
+    build = native_build()
+    log(f"native engine: {build} build (native/build.sh)")
 
     for command in (ours, theirs):  # warm-up: bytecode, page cache
         timed(command)
@@ -189,6 +200,7 @@ def main() -> None:
         "python_engine_lines_per_s": round(python_rate),
         "eximstats_lines_per_s": round(their_rate),
         "ratio_vs_eximstats": round(ratio, 3),
+        "native_build": build,
         "target": TARGET,
     }
     print(json.dumps(result))

@@ -1,3 +1,5 @@
+BUILD: str  # "pgo", "release" or "instrumented" (native/build.sh)
+
 class RowDecoder:
     def __init__(
         self,

@@ -629,8 +629,15 @@ impl RowDecoder {
     }
 }
 
+/// How the extension was built (`native/build.sh`): "pgo", "release", or "instrumented" (its training run).
+const BUILD: &str = match option_env!("TRACKDELIVERY_NATIVE_BUILD") {
+    Some(build) => build,
+    None => "release",
+};
+
 #[pymodule]
 fn trackdelivery_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add("BUILD", BUILD)?;
     module.add_class::<RowDecoder>()?;
     module.add_function(wrap_pyfunction!(exim::python::exim_parse_files, module)?)?;
     module.add_function(wrap_pyfunction!(exim::python::exim_event_id, module)?)?;
