@@ -1285,6 +1285,9 @@ struct Engine {
 /// Feed it the parsed lines of one or many servers in log order; it appends the events each line makes.
 pub struct Correlator {
     store: Store,
+    /// Where the last line's message is in the store: a message's lines often come one after the other.
+    /// Checked against the key there before use (a release moves entries).
+    last_index: usize,
     engine: Engine,
     grace_seconds: f64,
     stale_seconds: f64,
@@ -1294,6 +1297,7 @@ impl Correlator {
     pub fn new(retry_rules: RetryRules, grace_seconds: f64, stale_seconds: f64, emit_in_progress: bool) -> Self {
         Correlator {
             store: Store::default(),
+            last_index: usize::MAX,
             engine: Engine {
                 retry_rules,
                 emit_in_progress,
@@ -1345,7 +1349,12 @@ impl Correlator {
         let Some(msgid) = line.msgid.as_deref().filter(|msgid| !msgid.is_empty()) else {
             return;
         };
-        let (index, is_new) = match self.store.get_index_of(&MessageKeyRef { server: sid, msgid }) {
+        let last = self.last_index;
+        let same_message =
+            self.store.get_index(last).is_some_and(|(key, _)| key.server() == sid && key.msgid() == msgid.as_bytes());
+        let known =
+            if same_message { Some(last) } else { self.store.get_index_of(&MessageKeyRef { server: sid, msgid }) };
+        let (index, is_new) = match known {
             Some(index) => (index, false),
             None if has_handler(line.kind) => {
                 let state = Box::new(MessageState { msgid: Some(Text::from(msgid)), ..MessageState::default() });
@@ -1353,6 +1362,7 @@ impl Correlator {
             }
             None => return, // nothing about a message worth opening a state for
         };
+        self.last_index = index;
         let Some((_, state)) = self.store.get_index_mut(index) else {
             return;
         };
