@@ -751,7 +751,8 @@ pub(super) struct Ctx<'a, 'p> {
 struct Lazy {
     /// The fields of an ASCII line without a message id once its kind is known (see `skip_fields`).
     fields: bool,
-    /// `extra`: the correlator never reads it. The keys the parser itself reads back are kept.
+    /// `extra` (the correlator never reads it; the keys the parser itself reads back are kept), and the
+    /// rest of a cPanel `SMTP connection outbound` line once its message id is known.
     extras: bool,
 }
 
@@ -856,6 +857,11 @@ impl<'a> Ctx<'a, '_> {
             pos = end;
         }
         pos
+    }
+
+    /// Whether the parse is for the correlator (`Detail::Correlated`), which reads less of some lines.
+    pub(super) fn only_correlated(&self) -> bool {
+        self.lazy.extras
     }
 
     /// Whether the fields of a line whose kind is known can be left out (`Detail::Correlated`).

@@ -663,6 +663,9 @@ impl<'a> Ctx<'a, '_> {
         }
         if let Some(text) = tail.strip_prefix("connection outbound ") {
             self.p.kind = LineKind::ConnectionOutbound;
+            if self.only_correlated() && self.p.msgid.is_some() {
+                return true; // the correlator reads no more of it (`Detail::Correlated`)
+            }
             for (index, part) in split_space(text).enumerate() {
                 match index {
                     0 => {
