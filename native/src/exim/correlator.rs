@@ -338,7 +338,8 @@ pub(super) fn event_id(
     attempt: i64,
 ) -> EventId {
     use std::io::Write;
-    if let Some((block, len)) = id_block(server, msgid, recipient, kind, time, attempt) {
+    let mut block = [0u8; ID_BLOCK];
+    if let Some(len) = write_id_block(&mut block, server, msgid, recipient, kind, time, attempt) {
         return EventId(blake2b_96_block(&block, len));
     }
     let parts = [server, msgid.unwrap_or(""), recipient.unwrap_or(""), kind];
@@ -363,22 +364,23 @@ fn is_whole_second(time: f64) -> bool {
     time.fract() == 0.0 && time != 0.0 && time.abs() < 9.0e15
 }
 
-/// The usual case of `event_id`'s input, written straight into one zero-padded block (parts, 4
-/// separators, at most 24 bytes of time, a separator and at most 20 of attempt): the block and its
-/// length, None when it does not fit or the time is not a whole second.
-fn id_block(
+/// The usual case of `event_id`'s input, written straight into `block`, zero-padded (parts, 4
+/// separators, at most 24 bytes of time, a separator and at most 20 of attempt): its length, None when it
+/// does not fit or the time is not a whole second.
+fn write_id_block(
+    block: &mut [u8; ID_BLOCK],
     server: &str,
     msgid: Option<&str>,
     recipient: Option<&str>,
     kind: &str,
     time: f64,
     attempt: i64,
-) -> Option<([u8; ID_BLOCK], usize)> {
+) -> Option<usize> {
     let parts = [server, msgid.unwrap_or(""), recipient.unwrap_or(""), kind];
     if !is_whole_second(time) || parts.iter().map(|part| part.len()).sum::<usize>() + 49 > ID_BLOCK {
         return None;
     }
-    let mut block = [0u8; ID_BLOCK];
+    block.fill(0);
     let mut at = 0;
     for part in parts {
         block[at..at + part.len()].copy_from_slice(part.as_bytes());
@@ -391,7 +393,7 @@ fn id_block(
     block[at + 7] = 0x1f;
     at += 8;
     at += format_int(&mut block[at..], attempt);
-    Some((block, at))
+    Some(at)
 }
 
 /// Sets the id of every event whose id is pending (see `Correlator::defer_event_ids`), as `event_id`
@@ -402,7 +404,7 @@ pub fn settle_event_ids(buffer: &mut Vec<u8>, events: &mut [DeliveryEvent]) {
     let four_at_once = std::arch::is_x86_feature_detected!("avx2");
     #[cfg(not(target_arch = "x86_64"))]
     let four_at_once = false;
-    let mut group: Vec<(usize, [u8; ID_BLOCK], usize)> = Vec::new();
+    let mut group = IdGroup { blocks: [[0; ID_BLOCK]; 4], lens: [0; 4], events: [0; 4], filled: 0 };
     for index in 0..events.len() {
         let event = &mut events[index];
         if !event.id_pending {
@@ -411,37 +413,53 @@ pub fn settle_event_ids(buffer: &mut Vec<u8>, events: &mut [DeliveryEvent]) {
         event.id_pending = false;
         let (server, msgid, recipient) = (&event.server, event.msgid.as_deref(), event.recipient.as_deref());
         let (kind, time, attempt) = (event.kind.as_str(), event.time, event.retry.attempt);
-        match id_block(server, msgid, recipient, kind, time, attempt) {
-            Some((block, len)) if four_at_once => {
-                group.push((index, block, len));
-                if group.len() == 4 {
-                    hash_group(&group, events);
-                    group.clear();
+        let slot = group.filled;
+        let written = if four_at_once {
+            write_id_block(&mut group.blocks[slot], server, msgid, recipient, kind, time, attempt)
+        } else {
+            None
+        };
+        match written {
+            Some(len) => {
+                (group.lens[slot], group.events[slot]) = (len, index);
+                group.filled += 1;
+                if group.filled == 4 {
+                    group.hash_all(events);
                 }
             }
-            _ => event.event_id = event_id(buffer, server, msgid, recipient, kind, time, attempt),
+            None => event.event_id = event_id(buffer, server, msgid, recipient, kind, time, attempt),
         }
     }
-    for (index, block, len) in group {
-        events[index].event_id = EventId(blake2b_96_block(&block, len));
+    for slot in 0..group.filled {
+        events[group.events[slot]].event_id = EventId(blake2b_96_block(&group.blocks[slot], group.lens[slot]));
     }
 }
 
-/// Four one-block ids at once (the caller checked that the processor has AVX2).
-fn hash_group(group: &[(usize, [u8; ID_BLOCK], usize)], events: &mut [DeliveryEvent]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let blocks = [&group[0].1, &group[1].1, &group[2].1, &group[3].1];
-        let lens = [group[0].2, group[1].2, group[2].2, group[3].2];
-        // SAFETY: `settle_event_ids` groups ids only when the processor has AVX2
-        let digests = unsafe { blake2b_avx2::hash_96_blocks4(blocks, lens) };
-        for ((index, _, _), digest) in group.iter().zip(digests) {
-            events[*index].event_id = EventId(digest);
+/// Up to four one-block ids waiting to be hashed together: their blocks, lengths and events.
+struct IdGroup {
+    blocks: [[u8; ID_BLOCK]; 4],
+    lens: [usize; 4],
+    events: [usize; 4],
+    filled: usize,
+}
+
+impl IdGroup {
+    /// Hashes the four blocks (the caller checked that the processor has AVX2) and empties the group.
+    fn hash_all(&mut self, events: &mut [DeliveryEvent]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let blocks = [&self.blocks[0], &self.blocks[1], &self.blocks[2], &self.blocks[3]];
+            // SAFETY: `settle_event_ids` groups ids only when the processor has AVX2
+            let digests = unsafe { blake2b_avx2::hash_96_blocks4(blocks, self.lens) };
+            for (&index, digest) in self.events.iter().zip(digests) {
+                events[index].event_id = EventId(digest);
+            }
         }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    for (index, block, len) in group {
-        events[*index].event_id = EventId(blake2b_96_block(block, *len));
+        #[cfg(not(target_arch = "x86_64"))]
+        for slot in 0..4 {
+            events[self.events[slot]].event_id = EventId(blake2b_96_block(&self.blocks[slot], self.lens[slot]));
+        }
+        self.filled = 0;
     }
 }
 

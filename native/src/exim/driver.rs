@@ -188,7 +188,7 @@ impl EventWindow {
         let number = self.first_block + self.blocks.len() as u64 - 1;
         let Some(last) = self.blocks.back_mut() else { unreachable!("a block was just added") };
         let start = last.bytes.len();
-        push_event(&mut last.bytes, event);
+        push_event(&mut last.bytes, event, bound);
         last.live += 1;
         (number, start as u32, (last.bytes.len() - start) as u32)
     }

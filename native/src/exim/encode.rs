@@ -576,9 +576,10 @@ pub(super) fn event_bound(event: &DeliveryEvent) -> usize {
 }
 
 /// `processors.exim.cli.encode_event`: one event as a JSON object (no newline).
-pub fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent) {
+/// `bound` is `event_bound(event)`, which the caller has computed to choose where the event goes.
+pub(super) fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent, bound: usize) {
     debug_assert!(!event.id_pending, "an event is written before its id is computed");
-    let bound = event_bound(event);
+    debug_assert!(bound == event_bound(event));
     out.reserve(bound);
     let start = out.len();
     // SAFETY: `event_bound` is an upper bound of what is written below (every text at most 6 bytes
