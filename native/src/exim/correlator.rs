@@ -511,6 +511,35 @@ mod blake2b_avx2 {
         0x5be0_cd19_137e_2179,
     ];
 
+    /// BLAKE2b's G on four 64-bit lanes at once: `a`..`d` are places (registers of the state), `x` and `y`
+    /// the message words, `rot24` and `rot16` the byte shuffles of those rotations.
+    macro_rules! mix {
+        ($a:expr, $b:expr, $c:expr, $d:expr, $x:expr, $y:expr, $rot24:expr, $rot16:expr) => {
+            $a = _mm256_add_epi64(_mm256_add_epi64($a, $b), $x);
+            $d = _mm256_shuffle_epi32(_mm256_xor_si256($d, $a), 0b10_11_00_01);
+            $c = _mm256_add_epi64($c, $d);
+            $b = _mm256_shuffle_epi8(_mm256_xor_si256($b, $c), $rot24);
+            $a = _mm256_add_epi64(_mm256_add_epi64($a, $b), $y);
+            $d = _mm256_shuffle_epi8(_mm256_xor_si256($d, $a), $rot16);
+            $c = _mm256_add_epi64($c, $d);
+            let x = _mm256_xor_si256($b, $c);
+            $b = _mm256_or_si256(_mm256_srli_epi64(x, 63), _mm256_add_epi64(x, x));
+        };
+    }
+
+    /// The byte shuffles that rotate each 64-bit lane right by 24 and by 16 bits.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn rotation_masks() -> (__m256i, __m256i) {
+        let rot24 = _mm256_setr_epi8(
+            3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10, 3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10,
+        );
+        let rot16 = _mm256_setr_epi8(
+            2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9, 2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9,
+        );
+        (rot24, rot16)
+    }
+
     /// The twelve rounds, unrolled (each `round!` takes its message schedule as a constant).
     macro_rules! twelve_rounds {
         ($round:ident) => {
@@ -552,12 +581,7 @@ mod blake2b_avx2 {
         for (word, bytes) in m.iter_mut().zip(block.chunks_exact(8)) {
             *word = i64::from_le_bytes(bytes.try_into().unwrap_or([0; 8]));
         }
-        let rot24 = _mm256_setr_epi8(
-            3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10, 3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10,
-        );
-        let rot16 = _mm256_setr_epi8(
-            2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9, 2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9,
-        );
+        let (rot24, rot16) = rotation_masks();
         let row1_start = _mm256_loadu_si256(h.as_ptr() as *const __m256i);
         let row2_start = _mm256_loadu_si256(h.as_ptr().add(4) as *const __m256i);
         let mut a = row1_start;
@@ -571,15 +595,7 @@ mod blake2b_avx2 {
         );
         macro_rules! half {
             ($x:expr, $y:expr) => {
-                a = _mm256_add_epi64(_mm256_add_epi64(a, b), $x);
-                d = _mm256_shuffle_epi32(_mm256_xor_si256(d, a), 0b10_11_00_01);
-                c = _mm256_add_epi64(c, d);
-                b = _mm256_shuffle_epi8(_mm256_xor_si256(b, c), rot24);
-                a = _mm256_add_epi64(_mm256_add_epi64(a, b), $y);
-                d = _mm256_shuffle_epi8(_mm256_xor_si256(d, a), rot16);
-                c = _mm256_add_epi64(c, d);
-                let x = _mm256_xor_si256(b, c);
-                b = _mm256_or_si256(_mm256_srli_epi64(x, 63), _mm256_add_epi64(x, x));
+                mix!(a, b, c, d, $x, $y, rot24, rot16)
             };
         }
         macro_rules! round {
@@ -659,12 +675,7 @@ mod blake2b_avx2 {
             m[group * 4 + 2] = _mm256_permute2x128_si256(t0, t2, 0x31);
             m[group * 4 + 3] = _mm256_permute2x128_si256(t1, t3, 0x31);
         }
-        let rot24 = _mm256_setr_epi8(
-            3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10, 3, 4, 5, 6, 7, 0, 1, 2, 11, 12, 13, 14, 15, 8, 9, 10,
-        );
-        let rot16 = _mm256_setr_epi8(
-            2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9, 2, 3, 4, 5, 6, 7, 0, 1, 10, 11, 12, 13, 14, 15, 8, 9,
-        );
+        let (rot24, rot16) = rotation_masks();
         let mut h = IV;
         h[0] ^= 0x0101_0000 ^ 12;
         let counters = _mm256_setr_epi64x(lens[0] as i64, lens[1] as i64, lens[2] as i64, lens[3] as i64);
@@ -688,15 +699,7 @@ mod blake2b_avx2 {
         ];
         macro_rules! g {
             ($a:expr, $b:expr, $c:expr, $d:expr, $x:expr, $y:expr) => {
-                v[$a] = _mm256_add_epi64(_mm256_add_epi64(v[$a], v[$b]), $x);
-                v[$d] = _mm256_shuffle_epi32(_mm256_xor_si256(v[$d], v[$a]), 0b10_11_00_01);
-                v[$c] = _mm256_add_epi64(v[$c], v[$d]);
-                v[$b] = _mm256_shuffle_epi8(_mm256_xor_si256(v[$b], v[$c]), rot24);
-                v[$a] = _mm256_add_epi64(_mm256_add_epi64(v[$a], v[$b]), $y);
-                v[$d] = _mm256_shuffle_epi8(_mm256_xor_si256(v[$d], v[$a]), rot16);
-                v[$c] = _mm256_add_epi64(v[$c], v[$d]);
-                let x = _mm256_xor_si256(v[$b], v[$c]);
-                v[$b] = _mm256_or_si256(_mm256_srli_epi64(x, 63), _mm256_add_epi64(x, x));
+                mix!(v[$a], v[$b], v[$c], v[$d], $x, $y, rot24, rot16)
             };
         }
         macro_rules! round {

@@ -214,9 +214,9 @@ impl EventWindow {
             self.sequence_of.remove(&held.key);
             self.held.pop_front();
             self.first_sequence += 1;
-            self.release_blocks();
             out.end_line()?;
         }
+        self.release_blocks();
         Ok(())
     }
 

@@ -159,10 +159,14 @@ static DIGIT_PAIRS: [u8; 200] = {
 };
 
 pub fn push_int(out: &mut Vec<u8>, value: i64) {
-    let mut digits = [0u8; 24];
-    let at = int_digits(&mut digits, value);
-    out.extend_from_slice(&digits[at..]);
+    let start = out.len();
+    out.resize(start + INT_ROOM, 0);
+    let len = format_int(&mut out[start..], value);
+    out.truncate(start + len);
 }
+
+/// The longest `str(i64)`: a sign and 19 digits.
+const INT_ROOM: usize = 20;
 
 /// `10^k` for k in 0..20.
 const POWERS_OF_TEN: [u64; 20] = {
@@ -212,32 +216,6 @@ pub(crate) fn format_int(out: &mut [u8], value: i64) -> usize {
         out[0] = b'-';
     }
     len
-}
-
-/// Writes `value` at the end of `digits` (sign included); returns where it starts.
-#[inline(always)]
-pub(crate) fn int_digits(digits: &mut [u8; 24], value: i64) -> usize {
-    let mut at = digits.len();
-    let mut rest = value.unsigned_abs();
-    while rest >= 100 {
-        let pair = (rest % 100) as usize * 2;
-        rest /= 100;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    }
-    if rest >= 10 {
-        let pair = rest as usize * 2;
-        at -= 2;
-        digits[at..at + 2].copy_from_slice(&DIGIT_PAIRS[pair..pair + 2]);
-    } else {
-        at -= 1;
-        digits[at] = b'0' + rest as u8;
-    }
-    if value < 0 {
-        at -= 1;
-        digits[at] = b'-';
-    }
-    at
 }
 
 /// `,"name":` as one literal.

@@ -102,7 +102,7 @@ pub fn parse_line<'a>(raw: &'a [u8], clock: &mut dyn LocalClock) -> ParsedLine<'
     };
     if let Some((line, _)) = decode(bytes) {
         let mut parsed = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(line));
-        return match guarded(&mut parsed, line, size, clock, Lazy::default()) {
+        return match guarded(&mut parsed, line, size, clock, ParseFor::default()) {
             Ok(()) => parsed,
             Err(detail) => failed(raw, detail),
         };
@@ -145,8 +145,8 @@ pub fn parse_line_with<'a>(raw: &'a [u8], clock: &mut dyn LocalClock, line: &mut
     };
     if let Some((text, ascii)) = decode(bytes) {
         reset(line, Cow::Borrowed(text));
-        let lazy = Lazy { fields: ascii && detail == Detail::Correlated, extras: detail == Detail::Correlated };
-        if let Err(detail) = guarded(line, text, size, clock, lazy) {
+        let parse_for = ParseFor { correlator: detail == Detail::Correlated, ascii };
+        if let Err(detail) = guarded(line, text, size, clock, parse_for) {
             *line = failed(raw, detail);
         }
         return;
@@ -276,7 +276,7 @@ fn reset<'a>(p: &mut ParsedLine<'a>, text: Cow<'a, str>) {
 fn parse_repaired<'a>(raw: &'a [u8], bytes: &[u8], size: usize, clock: &mut dyn LocalClock) -> ParsedLine<'a> {
     let line = String::from_utf8_lossy(bytes).into_owned();
     let mut parsed = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(line.as_str()));
-    match guarded(&mut parsed, &line, size, clock, Lazy::default()) {
+    match guarded(&mut parsed, &line, size, clock, ParseFor::default()) {
         Ok(()) => into_owned(parsed),
         Err(detail) => failed(raw, detail),
     }
@@ -289,9 +289,9 @@ fn guarded<'b>(
     line: &'b str,
     size: usize,
     clock: &mut dyn LocalClock,
-    lazy: Lazy,
+    parse_for: ParseFor,
 ) -> Result<(), &'static str> {
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_text(parsed, line, size, clock, lazy))) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| parse_text(parsed, line, size, clock, parse_for))) {
         Ok(Ok(())) => Ok(()),
         Ok(Err(())) => Err("parser error: ValueError"),
         Err(_) => Err("parser error: panic"),
@@ -381,9 +381,9 @@ fn parse_text<'a>(
     line: &'a str,
     size: usize,
     clock: &mut dyn LocalClock,
-    lazy: Lazy,
+    parse_for: ParseFor,
 ) -> Result<(), ()> {
-    let mut c = Ctx { line, p, err: false, extra_index: None, lazy };
+    let mut c = Ctx { line, p, err: false, extra_index: None, parse_for };
     if size > MAX_RAW + 2 {
         c.p.set_extra("truncated_from", size.to_string());
     }
@@ -743,17 +743,15 @@ pub(super) struct Ctx<'a, 'p> {
     /// Positions of the `extra` keys, built once a line has many (a linear search per key would make
     /// a long line of tags quadratic; Python's dict is not).
     extra_index: Option<HashMap<&'a str, usize>>,
-    lazy: Lazy,
+    parse_for: ParseFor,
 }
 
-/// What `Detail::Correlated` leaves out of a line.
+/// Who reads the parsed line (`Detail`), and whether the line is ASCII.
 #[derive(Clone, Copy, Default)]
-struct Lazy {
-    /// The fields of an ASCII line without a message id once its kind is known (see `skip_fields`).
-    fields: bool,
-    /// `extra` (the correlator never reads it; the keys the parser itself reads back are kept), and the
-    /// rest of a cPanel `SMTP connection outbound` line once its message id is known.
-    extras: bool,
+struct ParseFor {
+    /// `Detail::Correlated`: no `extra` but the keys the parser reads back, and less of some lines.
+    correlator: bool,
+    ascii: bool,
 }
 
 /// The `extra` keys the parser reads back while it parses a line.
@@ -765,7 +763,7 @@ const EXTRA_LINEAR: usize = 16;
 impl<'a> Ctx<'a, '_> {
     /// `p.extra[key] = value` (a present key keeps its place).
     pub(super) fn set_extra(&mut self, key: &'a str, value: impl Into<Text<'a>>) {
-        if self.lazy.extras && !EXTRAS_READ_BACK.contains(&key) {
+        if self.parse_for.correlator && !EXTRAS_READ_BACK.contains(&key) {
             return;
         }
         let value = value.into();
@@ -861,12 +859,13 @@ impl<'a> Ctx<'a, '_> {
 
     /// Whether the parse is for the correlator (`Detail::Correlated`), which reads less of some lines.
     pub(super) fn only_correlated(&self) -> bool {
-        self.lazy.extras
+        self.parse_for.correlator
     }
 
-    /// Whether the fields of a line whose kind is known can be left out (`Detail::Correlated`).
+    /// Whether the fields of a line whose kind is known can be left out: for the correlator, on an ASCII
+    /// line (only a non-ASCII digit could still make them fail to parse) without a message id.
     pub(super) fn skip_fields(&self) -> bool {
-        self.lazy.fields && self.p.msgid.is_none()
+        self.parse_for.correlator && self.parse_for.ascii && self.p.msgid.is_none()
     }
 
     pub(super) fn int_of(&mut self, s: &str) -> Option<i64> {
