@@ -55,7 +55,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	cargo clippy -q --release --manifest-path redis-module/Cargo.toml -- -D warnings
-	cargo clippy -q --release --manifest-path native/Cargo.toml -- -D warnings
+	cargo clippy -q --release --manifest-path native/Cargo.toml --all-targets -- -D warnings
 
 format: install
 	$(BIN)/ruff check --fix .
@@ -63,7 +63,9 @@ format: install
 config-docs: install
 	$(BIN)/python -m trackdelivery.settings_doc
 
+# the native crate's own unit tests (a debug build: quicker to compile), then everything else
 test: install
+	cargo test -q --manifest-path native/Cargo.toml
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 test-chaos: install

@@ -15,6 +15,9 @@ use super::encode::{format_int, push_int};
 use super::retry::RetryRules;
 use super::types::{Classify, DeliveryEvent, EventId, EventType, LineKind, ParsedLine, Reason, RetryState, Text};
 
+mod packed;
+use packed::Packed;
+
 pub const MAX_RECIPIENTS: usize = 5000;
 pub const MAX_LISTED_RECIPIENTS: usize = 1000;
 pub const MAX_STORED_EVENTS: usize = 32;
@@ -209,6 +212,8 @@ struct Scratch {
     id_buffer: Vec<u8>,
     discriminator: String,
     defer_ids: bool,
+    /// Where a completed message's state is written before its packed copy is made.
+    pack_buffer: Vec<u8>,
 }
 
 impl Scratch {
@@ -218,6 +223,7 @@ impl Scratch {
             id_buffer: Vec::with_capacity(256),
             discriminator: String::new(),
             defer_ids: false,
+            pack_buffer: Vec::new(),
         }
     }
 
@@ -1195,8 +1201,43 @@ impl Equivalent<MessageKey> for MessageKeyRef<'_> {
     }
 }
 
-/// Message states boxed: the store's entries move when it grows or releases.
-type Store = IndexMap<MessageKey, Box<MessageState>, FastState>;
+/// Message states boxed (the store's entries move when it grows or releases), packed once completed.
+type Store = IndexMap<MessageKey, Slot, FastState>;
+
+enum Slot {
+    Open(Box<MessageState>),
+    Packed(Packed),
+}
+
+impl Slot {
+    /// The state, unpacked first when it is packed.
+    fn open(&mut self) -> &mut MessageState {
+        if let Slot::Packed(packed) = self {
+            *self = Slot::Open(Box::new(packed.unpack()));
+        }
+        match self {
+            Slot::Open(state) => state,
+            Slot::Packed(_) => unreachable!("unpacked above"),
+        }
+    }
+
+    /// Packs the state when it holds no more than a completed message keeps.
+    fn pack(&mut self, buffer: &mut Vec<u8>) {
+        if let Slot::Open(state) = self {
+            if let Some(packed) = Packed::pack(state, buffer) {
+                *self = Slot::Packed(packed);
+            }
+        }
+    }
+
+    /// (done, last_time) of the state.
+    fn times(&self) -> (f64, Option<f64>) {
+        match self {
+            Slot::Open(state) => (state.done, state.last_time),
+            Slot::Packed(packed) => (packed.done, packed.last_time),
+        }
+    }
+}
 
 struct Server {
     name: Text,
@@ -1379,18 +1420,22 @@ impl Correlator {
             Some(index) => (index, false),
             None if has_handler(line.kind) => {
                 let state = Box::new(MessageState { msgid: Some(Text::from(msgid)), ..MessageState::default() });
-                (self.store.insert_full(MessageKey::new(sid, msgid), state).0, true)
+                (self.store.insert_full(MessageKey::new(sid, msgid), Slot::Open(state)).0, true)
             }
             None => return, // nothing about a message worth opening a state for
         };
         self.last_index = index;
-        let Some((_, state)) = self.store.get_index_mut(index) else {
+        let Some((_, slot)) = self.store.get_index_mut(index) else {
             return;
         };
+        let state = slot.open();
         let Some(msgid) = state.msgid.clone() else {
             return;
         };
         let link = engine.process(sid, &msgid, line, state, classifier, out);
+        if line.kind == LineKind::Completed {
+            slot.pack(&mut engine.scratch.pack_buffer);
+        }
         if let Some(parent) = link {
             // Python stores a new state after its line: a bounce naming itself finds no parent then
             if !(is_new && parent == msgid) {
@@ -1403,8 +1448,9 @@ impl Correlator {
     pub fn release(&mut self, now: f64) -> usize {
         let before = self.store.len();
         let (grace, stale) = (self.grace_seconds, self.stale_seconds);
-        self.store.retain(|_, state| {
-            let expired = (is_done(state) && now - state.done > grace) || now - state.last_time.unwrap_or(now) > stale;
+        self.store.retain(|_, slot| {
+            let (done, last_time) = slot.times();
+            let expired = (done != 0.0 && now - done > grace) || now - last_time.unwrap_or(now) > stale;
             !expired
         });
         before - self.store.len()
@@ -1412,7 +1458,11 @@ impl Correlator {
 
     /// In-progress events for listed recipients that have no outcome (end of an offline input).
     pub fn flush(&mut self, _classifier: &mut dyn Classify, out: &mut Vec<DeliveryEvent>) {
-        for (key, state) in &self.store {
+        for (key, slot) in &self.store {
+            // a packed state is a completed one
+            let Slot::Open(state) = slot else {
+                continue;
+            };
             if is_done(state) || !state.arrived {
                 continue;
             }
@@ -1606,7 +1656,7 @@ impl Engine {
         bounce: &Text,
         out: &mut Vec<DeliveryEvent>,
     ) {
-        let Some(parent) = store.get_mut(&MessageKeyRef { server: sid, msgid: parent_msgid }) else {
+        let Some(parent) = store.get_mut(&MessageKeyRef { server: sid, msgid: parent_msgid }).map(Slot::open) else {
             return;
         };
         let bounce_text = Some(&**bounce);
@@ -2033,7 +2083,7 @@ impl Engine {
         let mut arrival = Arrival::default();
         if let Some(msgid) = line.msgid.as_deref().filter(|msgid| !msgid.is_empty()) {
             // rejected after DATA: the message was never accepted; keep what the ACLs logged before
-            if let Some(state) = store.get_mut(&MessageKeyRef { server: sid, msgid }) {
+            if let Some(state) = store.get_mut(&MessageKeyRef { server: sid, msgid }).map(Slot::open) {
                 arrival = state.arrival.clone();
                 state.done = time;
             }

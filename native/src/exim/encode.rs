@@ -807,7 +807,7 @@ mod tests {
                     state ^= state << 13;
                     state ^= state >> 7;
                     state ^= state << 17;
-                    let byte = if state % 50 == 0 { (state >> 8) as u8 } else { b'a' + (state % 60) as u8 };
+                    let byte = if state.is_multiple_of(50) { (state >> 8) as u8 } else { b'a' + (state % 60) as u8 };
                     bytes.push(byte & 0x7f);
                 }
                 let expected = bytes.iter().any(|&byte| byte < 0x20 || byte == b'"' || byte == b'\\');

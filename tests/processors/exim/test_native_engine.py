@@ -109,6 +109,34 @@ def test_a_generated_fleet_gives_the_same_output(fleet: Path, output: str) -> No
         assert {"delivered", "deferred", "bounced", "rejected"} <= types
 
 
+def test_lines_after_a_message_completed_give_the_same_events(fleet: Path, tmp_path: Path) -> None:
+    """The native engine packs a message's state when it completes; a later line unpacks it."""
+    log = sorted(fleet.glob("*/exim_mainlog"))[0]
+    # the log fed twice as one server: the second time every line finds its message completed
+    out = assert_same("--server", "s1", log, log)
+    assert len(out.splitlines()) > len(assert_same("--server", "s1", log).splitlines())
+    late = tmp_path / "late.log"
+    late.write_text(
+        "2025-03-10 10:00:00 1tsxAK-0000000Gk9-0aBc <= a@x.example U=a P=local S=10 for b@y.example C@y.example\n"
+        "2025-03-10 10:00:01 1tsxAK-0000000Gk9-0aBc ** b@y.example R=dnslookup T=remote_smtp H=mx.y.example"
+        " [192.0.2.1]: SMTP error from remote mail server after RCPT TO:<b@y.example>: 550 5.1.1 No such user\n"
+        "2025-03-10 10:00:01 1tsxAK-0000000Gk9-0aBc => C@y.example <c@y.example> R=dnslookup T=remote_smtp"
+        ' H=mx.y.example [192.0.2.1] C="250 OK"\n'
+        "2025-03-10 10:00:02 1tsxAK-0000000Gk9-0aBc Completed\n"
+        "2025-03-10 10:00:03 1tsxAL-0000000Gk9-0aBc <= <> R=1tsxAK-0000000Gk9-0aBc U=mailnull P=local S=2000"
+        " for a@x.example\n"
+        "2025-03-10 10:00:04 1tsxAK-0000000Gk9-0aBc == C@y.example R=dnslookup T=remote_smtp defer (-44):"
+        " SMTP error from remote mail server after RCPT TO:<c@y.example>: 451 4.7.1 Greylisted\n"
+        "2025-03-10 10:00:05 1tsxAK-0000000Gk9-0aBc Message is frozen\n"
+        "2025-03-10 10:00:06 1tsxAK-0000000Gk9-0aBc Completed\n"
+        "2025-03-10 10:00:07 1tsxAK-0000000Gk9-0aBc => C@y.example <c@y.example> R=dnslookup T=remote_smtp"
+        ' H=mx.y.example [192.0.2.1] C="250 OK again"\n'
+        "2025-03-10 10:00:08 1tsxAK-0000000Gk9-0aBc Completed\n"
+    )
+    for output in ("lines", "events"):
+        assert_same("--output", output, late)
+
+
 def test_gzip_and_stdin_give_what_the_plain_file_gives(fleet: Path, tmp_path: Path) -> None:
     log = sorted(fleet.glob("*/exim_mainlog"))[0]
     data = log.read_bytes()
