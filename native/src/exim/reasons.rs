@@ -6,10 +6,10 @@
 //! rule, in table order, whose pattern matches the lower-cased text, else the first applicable rule without
 //! a pattern, else unknown.
 //!
-//! Python's trigger words are replaced by one Aho-Corasick automaton over the literal start of every
-//! pattern alternative, run once over the text, keeping the hits that start at a word boundary: an
-//! alternative that is only a literal is decided by its hit and the word boundary after it; a rule with any
-//! other hit runs its whole regex from the first such hit on. A rule is only ever skipped when it cannot match.
+//! Python's trigger words are replaced by the literal start of every pattern alternative, looked up at
+//! each word boundary of the text (through the hash of its first two bytes): an alternative that is only
+//! a literal is decided by its hit and the word boundary after it; a rule with any other hit runs its
+//! whole regex from the first such hit on. A rule is only ever skipped when it cannot match.
 //!
 //! Patterns use only what can be mirrored exactly (ASCII `\b \d \s \S \w`, classes, lazy and counted
 //! repeats); a construct the `regex` crate lacks or reads differently (look-around, back-references,
@@ -18,9 +18,6 @@
 use std::borrow::Cow;
 use std::sync::OnceLock;
 
-use aho_corasick::automaton::Automaton;
-use aho_corasick::dfa::DFA;
-use aho_corasick::{Anchored, MatchKind, StartKind};
 use memchr::memmem::Finder;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -207,35 +204,71 @@ impl Conditions {
     }
 }
 
-/// How much of each literal start the automaton holds: a small automaton stays in cache, and the rest of
-/// the literal is compared where its start was found.
-const KEY_BYTES: usize = 6;
+/// How much of each literal start is a key: a hit on a key is checked against the whole literal start.
+const KEY_BYTES: usize = 8;
+/// Keys are found through the hash of their first two bytes.
+const BUCKETS: usize = 1024;
+
+fn bucket_of(first: u8, second: u8) -> usize {
+    ((usize::from(first) << 5) ^ usize::from(second)) % BUCKETS
+}
 
 /// What a hit of one alternative's literal start says about its rule.
 struct Hit {
     rule: usize,
-    /// The whole literal start (the automaton holds only its first `KEY_BYTES` bytes).
+    /// The whole literal start (its key holds only the first `KEY_BYTES` bytes).
     literal_start: Box<[u8]>,
     /// `Some(end_boundary)`: the alternative is this literal (followed by `\b` when true), so a hit at
     /// word boundaries is a match; `None`: the rule's regex must decide.
     literal: Option<bool>,
 }
 
-/// Which text rules can match: the literal starts of all alternatives in one Aho-Corasick automaton
-/// reporting overlapping hits, of which those starting at a word boundary count (a rule's pattern is
-/// `\b(?:...)`, so every match of an alternative starts at a boundary with the alternative's literal start).
+/// The first `KEY_BYTES` bytes of one or more literal starts, for a comparison of eight bytes at once.
+struct Key {
+    bytes: [u8; KEY_BYTES],
+    len: usize,
+    /// `bytes` and the mask of its `len` bytes as little-endian words.
+    word: u64,
+    mask: u64,
+}
+
+impl Key {
+    fn new(bytes: &[u8]) -> Key {
+        let mut padded = [0u8; KEY_BYTES];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        let mask = if bytes.len() == KEY_BYTES { u64::MAX } else { (1u64 << (8 * bytes.len())) - 1 };
+        Key { bytes: padded, len: bytes.len(), word: u64::from_le_bytes(padded), mask }
+    }
+
+    fn is_at(&self, bytes: &[u8], at: usize) -> bool {
+        match bytes.get(at..at + KEY_BYTES) {
+            Some(eight) => {
+                let eight: [u8; KEY_BYTES] = eight.try_into().unwrap_or_default();
+                (u64::from_le_bytes(eight) ^ self.word) & self.mask == 0
+            }
+            None => bytes[at..].starts_with(&self.bytes[..self.len]),
+        }
+    }
+}
+
+/// Which text rules can match: the literal starts of all alternatives, looked up at each word boundary of
+/// the text (a rule's pattern is `\b(?:...)`, so every match of an alternative starts at a boundary with
+/// the alternative's literal start).
 struct TextFilter {
-    automaton: Option<DFA>,
+    keys: Vec<Key>,
     hits: Vec<Vec<Hit>>,
+    /// The keys of bucket `b` are `bucket_keys[bucket_start[b]..bucket_start[b + 1]]`.
+    bucket_start: Box<[u16]>,
+    bucket_keys: Box<[u16]>,
     /// Rules with an alternative without a literal start, or of another shape: always left to their regex.
     unfiltered: RuleSet,
-    /// Some literal starts with a non-word character: walk from word ends too.
+    /// Some literal starts with a non-word character: look at word ends too.
     from_word_ends: bool,
 }
 
 impl TextFilter {
-    fn new(sources: &[Option<String>]) -> PyResult<TextFilter> {
-        let mut keys: Vec<Vec<u8>> = Vec::new();
+    fn new(sources: &[Option<String>]) -> Result<TextFilter, String> {
+        let mut keys: Vec<Key> = Vec::new();
         let mut hits: Vec<Vec<Hit>> = Vec::new();
         let mut unfiltered: RuleSet = 0;
         for (rule, source) in sources.iter().enumerate() {
@@ -250,78 +283,120 @@ impl TextFilter {
                     unfiltered |= 1 << rule;
                     continue;
                 }
-                let key = literal.bytes().take(KEY_BYTES).collect::<Vec<u8>>();
-                let hit = Hit { rule, literal_start: literal.into_bytes().into_boxed_slice(), literal: ending };
-                match keys.iter().position(|known| *known == key) {
+                let key = &literal.as_bytes()[..literal.len().min(KEY_BYTES)];
+                let hit = Hit { rule, literal_start: literal.as_bytes().into(), literal: ending };
+                match keys.iter().position(|known| known.bytes[..known.len] == *key) {
                     Some(index) => hits[index].push(hit),
                     None => {
-                        keys.push(key);
+                        keys.push(Key::new(key));
                         hits.push(vec![hit]);
                     }
                 }
             }
         }
-        let from_word_ends = keys.iter().any(|key| !key.first().is_some_and(|&byte| is_word_byte(byte)));
-        let automaton = if keys.is_empty() {
-            None
-        } else {
-            let built = DFA::builder()
-                .match_kind(MatchKind::Standard)
-                .start_kind(StartKind::Unanchored)
-                .build(&keys)
-                .map_err(|error| config_error(format!("literal automaton: {error}")))?;
-            Some(built)
-        };
-        Ok(TextFilter { automaton, hits, unfiltered, from_word_ends })
+        if keys.len() > usize::from(u16::MAX) {
+            return Err(format!("{} literal starts; reasons.rs handles {}", keys.len(), u16::MAX));
+        }
+        // a one-byte key is in every bucket of its first byte
+        let mut by_bucket: Vec<Vec<u16>> = vec![Vec::new(); BUCKETS];
+        for (index, key) in keys.iter().enumerate() {
+            if key.len == 1 {
+                for second in 0..=u8::MAX {
+                    let bucket = &mut by_bucket[bucket_of(key.bytes[0], second)];
+                    if !bucket.contains(&(index as u16)) {
+                        bucket.push(index as u16);
+                    }
+                }
+            } else {
+                by_bucket[bucket_of(key.bytes[0], key.bytes[1])].push(index as u16);
+            }
+        }
+        let mut bucket_start = Vec::with_capacity(BUCKETS + 1);
+        let mut bucket_keys = Vec::new();
+        for bucket in by_bucket {
+            bucket_start.push(bucket_keys.len() as u16);
+            bucket_keys.extend(bucket);
+        }
+        if bucket_keys.len() > usize::from(u16::MAX) {
+            return Err("too many literal starts of one byte".to_string());
+        }
+        bucket_start.push(bucket_keys.len() as u16);
+        let from_word_ends = keys.iter().any(|key| !is_word_byte(key.bytes[0]));
+        Ok(TextFilter {
+            keys,
+            hits,
+            bucket_start: bucket_start.into(),
+            bucket_keys: bucket_keys.into(),
+            unfiltered,
+            from_word_ends,
+        })
     }
 
     /// (rules whose literal alternative matched, rules whose regex must decide, a byte offset before
     /// which none of the latter can match), within `rules`.
     fn scan(&self, lowered: &str, rules: RuleSet) -> (RuleSet, RuleSet, usize) {
-        let mut matched: RuleSet = 0;
-        let mut undecided = self.unfiltered & rules;
+        let mut scan = Scan { matched: 0, undecided: self.unfiltered & rules, undecided_from: usize::MAX };
         // an unfiltered rule may match anywhere; else the first undecided hit is where a match can start
-        let mut undecided_from = if undecided != 0 { 0 } else { usize::MAX };
-        let Some(automaton) = &self.automaton else { return (matched, undecided, 0) };
-        let Ok(mut state) = automaton.start_state(Anchored::No) else {
-            return (matched, undecided | (rules & !self.unfiltered), 0);
-        };
+        if scan.undecided != 0 {
+            scan.undecided_from = 0;
+        }
         let bytes = lowered.as_bytes();
-        for (end, &byte) in bytes.iter().enumerate() {
-            state = automaton.next_state(Anchored::No, state, byte);
-            if !automaton.is_match(state) {
+        let mut previous_is_word = false;
+        for (chunk_index, chunk) in bytes.chunks(64).enumerate() {
+            let mut word: u64 = 0;
+            for (at, &byte) in chunk.iter().enumerate() {
+                word |= u64::from(is_word_byte(byte)) << at;
+            }
+            let previous = (word << 1) | u64::from(previous_is_word);
+            let in_chunk = if chunk.len() == 64 { u64::MAX } else { (1u64 << chunk.len()) - 1 };
+            // word starts, and word ends when some literal starts with a non-word byte
+            let mut starts = word & !previous;
+            if self.from_word_ends {
+                starts |= !word & previous & in_chunk;
+            }
+            previous_is_word = word >> 63 != 0;
+            while starts != 0 {
+                let start = chunk_index * 64 + starts.trailing_zeros() as usize;
+                starts &= starts - 1;
+                self.hits_at(bytes, start, rules, &mut scan);
+            }
+        }
+        (scan.matched, scan.undecided & !scan.matched, scan.undecided_from.min(bytes.len()))
+    }
+
+    /// Every literal start at `start`, a word boundary.
+    fn hits_at(&self, bytes: &[u8], start: usize, rules: RuleSet, scan: &mut Scan) {
+        let second = bytes.get(start + 1).copied().unwrap_or(0);
+        let bucket = bucket_of(bytes[start], second);
+        let (from, to) = (usize::from(self.bucket_start[bucket]), usize::from(self.bucket_start[bucket + 1]));
+        for &key in &self.bucket_keys[from..to] {
+            if !self.keys[usize::from(key)].is_at(bytes, start) {
                 continue;
             }
-            // every literal start ending here (the automaton reports overlapping ones too)
-            for index in 0..automaton.match_len(state) {
-                let pattern = automaton.match_pattern(state, index);
-                let start = end + 1 - automaton.pattern_len(pattern);
-                // only from a word start, or a word end when some literal starts with a non-word byte
-                let is_word = is_word_byte(bytes[start]);
-                let previous_is_word = start > 0 && is_word_byte(bytes[start - 1]);
-                if is_word == previous_is_word || !(is_word || self.from_word_ends) {
+            let rest = &bytes[start..];
+            for hit in &self.hits[usize::from(key)] {
+                let bit: RuleSet = 1 << hit.rule;
+                if rules & bit == 0 || !rest.starts_with(&hit.literal_start) {
                     continue;
                 }
-                let rest = &bytes[start..];
-                for hit in &self.hits[pattern.as_usize()] {
-                    let bit: RuleSet = 1 << hit.rule;
-                    if rules & bit == 0 || !rest.starts_with(&hit.literal_start) {
-                        continue;
+                let literal_end = start + hit.literal_start.len();
+                match hit.literal {
+                    None => {
+                        scan.undecided |= bit;
+                        scan.undecided_from = scan.undecided_from.min(start);
                     }
-                    let literal_end = start + hit.literal_start.len();
-                    match hit.literal {
-                        None => {
-                            undecided |= bit;
-                            undecided_from = undecided_from.min(start);
-                        }
-                        Some(end_boundary) if !end_boundary || is_boundary(bytes, literal_end) => matched |= bit,
-                        Some(_) => {}
-                    }
+                    Some(end_boundary) if !end_boundary || is_boundary(bytes, literal_end) => scan.matched |= bit,
+                    Some(_) => {}
                 }
             }
         }
-        (matched, undecided & !matched, undecided_from.min(bytes.len()))
     }
+}
+
+struct Scan {
+    matched: RuleSet,
+    undecided: RuleSet,
+    undecided_from: usize,
 }
 
 /// ASCII `\b` at byte offset `at` of `bytes`.
@@ -780,7 +855,7 @@ impl Classifier {
                 pattern: OnceLock::new(),
             });
         }
-        let filter = TextFilter::new(&sources)?;
+        let filter = TextFilter::new(&sources).map_err(config_error)?;
         Ok(Classifier { rules, conditions, filter, markers: Box::new(Markers::new()), hints })
     }
 
@@ -1331,5 +1406,117 @@ impl NativeClassifier {
         }
         std::hint::black_box(sink);
         started.elapsed().as_nanos() as f64 / (rounds * calls.len()).max(1) as f64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The scan by definition: at every word boundary (and word end when some literal starts with a
+    /// non-word byte), every alternative whose literal start is there.
+    fn scan_by_definition(filter: &TextFilter, lowered: &str, rules: RuleSet) -> (RuleSet, RuleSet, usize) {
+        let bytes = lowered.as_bytes();
+        let (mut matched, mut undecided) = (0, filter.unfiltered & rules);
+        let mut from = if undecided != 0 { 0 } else { usize::MAX };
+        for start in 0..bytes.len() {
+            let is_word = is_word_byte(bytes[start]);
+            let previous_is_word = start > 0 && is_word_byte(bytes[start - 1]);
+            if is_word == previous_is_word || !(is_word || filter.from_word_ends) {
+                continue;
+            }
+            for hit in filter.hits.iter().flatten() {
+                let bit: RuleSet = 1 << hit.rule;
+                if rules & bit == 0 || !bytes[start..].starts_with(&hit.literal_start) {
+                    continue;
+                }
+                match hit.literal {
+                    None => {
+                        undecided |= bit;
+                        from = from.min(start);
+                    }
+                    Some(end_boundary) if !end_boundary || is_boundary(bytes, start + hit.literal_start.len()) => {
+                        matched |= bit
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        (matched, undecided & !matched, from.min(bytes.len()))
+    }
+
+    #[test]
+    fn the_boundary_lookup_finds_what_a_scan_of_every_position_finds() {
+        let sources: Vec<Option<String>> = [
+            Some(r"\b(?:mailbox (?:is )?full|over ?quota|quota exceeded\b|user unknown)"),
+            Some(r"\b(?:5\.7\.26|5\.7\.1\b|spamhaus|spam)"),
+            Some(r"\b(?:\.spam\b|-block|x|blocked using [a-z.]+)"),
+            None,
+            Some(r"(?:not a rule of the usual shape)"),
+            Some(r"\b(?:greylist(?:ed|ing)|try again later|mailbo\w+)"),
+            Some(r"\b(?:é\b|ü[a-z]+)"),
+        ]
+        .iter()
+        .map(|source| source.map(str::to_string))
+        .collect();
+        let filter = TextFilter::new(&sources).expect("the filter builds");
+        assert!(filter.from_word_ends);
+        let pieces = [
+            "mailbox full",
+            "mailbox is full",
+            "overquota",
+            "quota exceeded",
+            "quota exceededx",
+            "user unknown",
+            "5.7.26",
+            "5.7.1",
+            "5.7.10",
+            "spamhaus",
+            "spam",
+            ".spam",
+            "a.spam",
+            "-block",
+            "x",
+            "xx",
+            "blocked using",
+            "greylisted",
+            "try again later",
+            "mailboxes",
+            "é",
+            "éa",
+            "über",
+            " ",
+            " ",
+            "  ",
+            "-",
+            ".",
+            ":",
+            "<a@b>",
+            "\u{a0}",
+            "\n",
+            "_",
+            "9",
+            "full",
+        ];
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for _ in 0..20_000 {
+            let mut text = String::new();
+            for _ in 0..next() % 40 {
+                text.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            let rules = if next() % 4 == 0 { next() as RuleSet } else { RuleSet::MAX };
+            assert_eq!(filter.scan(&text, rules), scan_by_definition(&filter, &text, rules), "{text:?}");
+        }
+        // texts longer than one 64-byte block, with a boundary on each side of a block's edge
+        for pad in 60..70 {
+            let text = format!("{}spamhaus {} user unknown .spam", "a".repeat(pad), "b ".repeat(pad));
+            assert_eq!(filter.scan(&text, RuleSet::MAX), scan_by_definition(&filter, &text, RuleSet::MAX));
+        }
     }
 }
