@@ -86,10 +86,26 @@ fn is_lower_ascii(bytes: &[u8]) -> bool {
             return false;
         }
     }
-    let rest = chunks.remainder();
-    let mut tail = [0u8; 8];
-    tail[..rest.len()].copy_from_slice(rest);
-    word_is_lower(u64::from_le_bytes(tail))
+    word_is_lower(tail_word(chunks.remainder()))
+}
+
+/// Fewer than 8 bytes as a little-endian word padded with zeros. Built from loads of the bytes
+/// themselves: copying them into a zeroed array and loading that stalls on store forwarding.
+#[inline]
+fn tail_word(rest: &[u8]) -> u64 {
+    let len = rest.len();
+    if len >= 4 {
+        let low = u64::from(u32::from_le_bytes([rest[0], rest[1], rest[2], rest[3]]));
+        let high = u64::from(u32::from_le_bytes([rest[len - 4], rest[len - 3], rest[len - 2], rest[len - 1]]));
+        // the two overlap when len < 8: the shared bytes land on the same places
+        low | (high << (8 * (len - 4)))
+    } else if len > 0 {
+        u64::from(rest[0])
+            | (u64::from(rest[len / 2]) << (8 * (len / 2)))
+            | (u64::from(rest[len - 1]) << (8 * (len - 1)))
+    } else {
+        0
+    }
 }
 
 /// `str.lower()` (Python 3.11), borrowing when nothing changes.
@@ -254,9 +270,7 @@ fn quick_hash(bytes: &[u8]) -> u64 {
         let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
         hash = (hash.rotate_left(5) ^ word).wrapping_mul(SEED);
     }
-    let mut tail = [0u8; 8];
-    tail[..chunks.remainder().len()].copy_from_slice(chunks.remainder());
-    hash = (hash.rotate_left(5) ^ u64::from_le_bytes(tail)).wrapping_mul(SEED);
+    hash = (hash.rotate_left(5) ^ tail_word(chunks.remainder())).wrapping_mul(SEED);
     hash ^ (hash >> 29)
 }
 
@@ -285,10 +299,8 @@ impl Hasher for FastHasher {
             let word = u64::from_le_bytes(chunk.try_into().unwrap_or([0; 8]));
             state = folded_multiply(state ^ word, FAST_MUL ^ 0x2d35_8dcc_aa6c_78a5);
         }
-        let rest = chunks.remainder();
-        let mut tail = [0u8; 8];
-        tail[..rest.len()].copy_from_slice(rest);
-        state = folded_multiply(state ^ u64::from_le_bytes(tail), (bytes.len() as u64) ^ 0x8bb8_4b93_962e_acc9);
+        let tail = tail_word(chunks.remainder());
+        state = folded_multiply(state ^ tail, (bytes.len() as u64) ^ 0x8bb8_4b93_962e_acc9);
         self.0 = state;
     }
 
@@ -2903,6 +2915,36 @@ pub mod probe {
                 return Err(error);
             }
             Ok((seconds, total, released))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tail_word_is_the_bytes_padded_with_zeros() {
+        let bytes: Vec<u8> = (0..8u8).map(|at| at.wrapping_mul(37).wrapping_add(0x91)).collect();
+        for len in 0..8 {
+            let mut padded = [0u8; 8];
+            padded[..len].copy_from_slice(&bytes[..len]);
+            assert_eq!(tail_word(&bytes[..len]), u64::from_le_bytes(padded), "{len} bytes");
+        }
+    }
+
+    #[test]
+    fn lower_ascii_is_seen_at_any_length() {
+        for len in 0..20 {
+            let lower = "a".repeat(len);
+            assert!(is_lower_ascii(lower.as_bytes()));
+            for at in 0..len {
+                let mut upper = lower.clone().into_bytes();
+                upper[at] = b'Q';
+                assert!(!is_lower_ascii(&upper), "{len} bytes, upper case at {at}");
+                upper[at] = 0xc3;
+                assert!(!is_lower_ascii(&upper), "{len} bytes, non-ASCII at {at}");
+            }
         }
     }
 }
