@@ -376,19 +376,25 @@ impl Cursor {
         self.at = write_int(self.at, value);
     }
 
+    /// Writes a float; returns where its text is, for `again`.
+    ///
     /// # Safety
     /// Room for `NUMBER_ROOM` bytes.
     #[inline(always)]
-    unsafe fn number(&mut self, text: &NumberText) {
-        std::ptr::copy_nonoverlapping(text.bytes.as_ptr(), self.at, NUMBER_ROOM);
-        self.at = self.at.add(text.len);
+    unsafe fn float(&mut self, value: f64) -> Written {
+        let start = self.at;
+        self.at = write_float(self.at, value);
+        Written { start, len: self.at.offset_from(start) as usize }
     }
 
+    /// Copies a text written before in this output.
+    ///
     /// # Safety
-    /// Room for `NUMBER_ROOM` bytes.
+    /// `text` lies in the output before the cursor; room for its length.
     #[inline(always)]
-    unsafe fn float(&mut self, value: f64) {
-        self.number(&NumberText::float(value));
+    unsafe fn again(&mut self, text: Written) {
+        std::ptr::copy_nonoverlapping(text.start, self.at, text.len);
+        self.at = self.at.add(text.len);
     }
 
     /// # Safety
@@ -408,7 +414,9 @@ impl Cursor {
     unsafe fn field_float(&mut self, key: &[u8], value: Option<f64>) {
         self.put(key);
         match value {
-            Some(number) => self.float(number),
+            Some(number) => {
+                self.float(number);
+            }
             None => self.put(b"null"),
         }
     }
@@ -433,7 +441,7 @@ const POWERS: [f64; 7] = [1.0, 10.0, 100.0, 1e3, 1e4, 1e5, 1e6];
 /// correctly rounded, so that decimal reads back as `v`; fewer decimals are fewer digits in this
 /// range, and at most one `k`-decimal number is that close to `v` since 1e-6 exceeds the spacing of
 /// floats below 1e9). None for other values. Returns the length written at the start of `digits`.
-fn short_decimal(digits: &mut [u8; 32], value: f64) -> Option<usize> {
+fn short_decimal(digits: &mut [u8], value: f64) -> Option<usize> {
     let magnitude = value.abs();
     if !(1e-3..1e9).contains(&magnitude) {
         return None;
@@ -464,32 +472,36 @@ fn short_decimal(digits: &mut [u8; 32], value: f64) -> Option<usize> {
     None
 }
 
-/// A number as text, padded to `NUMBER_ROOM` bytes so that it is copied in fixed-size moves.
-struct NumberText {
-    bytes: [u8; NUMBER_ROOM],
+/// Where a number's text was written, to be copied where it repeats.
+#[derive(Clone, Copy)]
+struct Written {
+    start: *const u8,
     len: usize,
 }
 
-impl NumberText {
-    /// A float as `push_float` writes it.
-    #[inline(never)]
-    fn float(value: f64) -> Self {
-        let mut bytes = [0u8; NUMBER_ROOM];
-        let whole = value as i64; // saturating; exact below 2^53
-        if whole as f64 == value && value.abs() < WHOLE_FAST_LIMIT && !(value == 0.0 && value.is_sign_negative()) {
-            let len = format_int(&mut bytes, whole);
-            bytes[len..len + 2].copy_from_slice(b".0");
-            return NumberText { bytes, len: len + 2 };
-        }
-        if let Some(len) = short_decimal(&mut bytes, value) {
-            return NumberText { bytes, len };
-        }
-        let mut text = Vec::with_capacity(NUMBER_ROOM);
-        push_float(&mut text, value);
-        let len = text.len().min(NUMBER_ROOM);
-        bytes[..len].copy_from_slice(&text[..len]);
-        NumberText { bytes, len }
+/// Writes a float as `push_float` does, straight to its place (digits built elsewhere and then copied
+/// stall the copy on store forwarding); returns the end.
+///
+/// # Safety
+/// Room for `NUMBER_ROOM` bytes at `at`.
+#[inline(never)]
+unsafe fn write_float(at: *mut u8, value: f64) -> *mut u8 {
+    // SAFETY: the caller reserved `NUMBER_ROOM` bytes at `at`
+    let room = std::slice::from_raw_parts_mut(at, NUMBER_ROOM);
+    let whole = value as i64; // saturating; exact below 2^53
+    if whole as f64 == value && value.abs() < WHOLE_FAST_LIMIT && !(value == 0.0 && value.is_sign_negative()) {
+        let len = format_int(room, whole);
+        room[len..len + 2].copy_from_slice(b".0");
+        return at.add(len + 2);
     }
+    if let Some(len) = short_decimal(room, value) {
+        return at.add(len);
+    }
+    let mut text = Vec::with_capacity(NUMBER_ROOM);
+    push_float(&mut text, value);
+    let len = text.len().min(NUMBER_ROOM);
+    room[..len].copy_from_slice(&text[..len]);
+    at.add(len)
 }
 
 /// Writes an integer at `at`; returns the end. May write up to 24 bytes.
@@ -576,29 +588,30 @@ pub(super) fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent, bound: usize)
         c.put(key!("server"));
         c.text(&event.server);
         c.field_text(key!("msgid"), &event.msgid);
-        // times repeat within an event (time, arrival, first and last attempt): each written once
-        let time = NumberText::float(event.time);
+        // times repeat within an event (time, arrival, first and last attempt): each formatted once,
+        // copied from where it was written first
+        c.put(key!("time"));
+        let time = c.float(event.time);
         let time_bits = event.time.to_bits();
-        let arrival = event.arrival_time.filter(|value| value.to_bits() != time_bits).map(NumberText::float);
-        let arrival_bits = event.arrival_time.map_or(time_bits, f64::to_bits);
-        let when = |c: &mut Cursor, key: &[u8], value: Option<f64>| {
+        let mut arrival: Option<(u64, Written)> = None;
+        let when = |c: &mut Cursor, key: &[u8], value: Option<f64>, arrival: &mut Option<(u64, Written)>| {
             c.put(key);
             match value {
                 None => c.put(b"null"),
-                Some(value) if value.to_bits() == time_bits => c.number(&time),
-                Some(value) if value.to_bits() == arrival_bits => match &arrival {
-                    Some(text) => c.number(text),
-                    None => c.number(&time),
+                Some(value) if value.to_bits() == time_bits => c.again(time),
+                Some(value) => match *arrival {
+                    Some((bits, text)) if bits == value.to_bits() => c.again(text),
+                    _ => {
+                        let text = c.float(value);
+                        arrival.get_or_insert((value.to_bits(), text));
+                    }
                 },
-                Some(value) => c.float(value),
             }
         };
-        c.put(key!("time"));
-        c.number(&time);
         c.field_text(key!("recipient"), &event.recipient);
         c.field_text(key!("original_recipient"), &event.original_recipient);
         c.field_text(key!("recipient_domain"), &event.recipient_domain);
-        when(c, key!("arrival_time"), event.arrival_time);
+        when(c, key!("arrival_time"), event.arrival_time, &mut arrival);
         c.field_text(key!("sender"), &event.sender);
         c.field_text(key!("sender_domain"), &event.sender_domain);
         c.field_text(key!("cpanel_user"), &event.cpanel_user);
@@ -632,10 +645,10 @@ pub(super) fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent, bound: usize)
         c.field_text(key!("hint"), &event.hint);
         c.put(b",\"retry\":{\"attempt\":");
         c.int(event.retry.attempt);
-        when(c, key!("first_attempt"), event.retry.first_attempt);
-        when(c, key!("last_attempt"), event.retry.last_attempt);
-        when(c, key!("next_retry"), event.retry.next_retry);
-        when(c, key!("give_up"), event.retry.give_up);
+        when(c, key!("first_attempt"), event.retry.first_attempt, &mut arrival);
+        when(c, key!("last_attempt"), event.retry.last_attempt, &mut arrival);
+        when(c, key!("next_retry"), event.retry.next_retry, &mut arrival);
+        when(c, key!("give_up"), event.retry.give_up, &mut arrival);
         c.byte(b'}');
         c.field_text(key!("bounce_msgid"), &event.bounce_msgid);
         c.field_text(key!("parent_msgid"), &event.parent_msgid);
