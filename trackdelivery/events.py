@@ -9,7 +9,6 @@ The wire form (Kafka ``exim.delivery.events``, Redis) is ``event.to_dict()`` ser
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -246,5 +245,7 @@ def make_event_id(
     server: str, msgid: str | None, recipient: str | None, kind: str, time: float, attempt: int = 0
 ) -> str:
     """Deterministic id: the same log line always yields the same event id, so writes are idempotent."""
+    import hashlib  # here: OpenSSL's start-up is not part of a run that never makes an id in Python
+
     raw = "\x1f".join((server, msgid or "", recipient or "", str(kind), f"{time:.6f}", str(attempt)))
     return hashlib.blake2b(raw.encode("utf-8", "surrogatepass"), digest_size=12).hexdigest()

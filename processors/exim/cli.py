@@ -5,13 +5,11 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import functools
-import gzip
 import importlib
 import io
 import os
 import sys
 import time
-import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -19,7 +17,6 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import click
-import orjson
 
 from processors.exim.types import LineKind, ParsedLine
 from trackdelivery.events import SCHEMA_VERSION, DeliveryEvent, EventType
@@ -54,8 +51,14 @@ def server_name_for(path: str) -> str:
     return name.split(".")[0] or name
 
 
+# orjson, gzip and zlib are imported where the Python engine uses them: the native engine's start-up
+# (part of every `trackdelivery parse`) does without them
+
+
 def encode_event(event: DeliveryEvent) -> bytes:
     """``event.to_dict()`` as orjson bytes, without building the dict (orjson reads dataclasses)."""
+    import orjson
+
     return _EVENT_PREFIX + orjson.dumps(event)[1:]
 
 
@@ -65,6 +68,8 @@ def encode_line(number: int, server: str, line: ParsedLine) -> bytes:
         value = getattr(line, name)
         if value is not None and value != "" and value != [] and value != {} and value is not False:
             data[name] = value
+    import orjson
+
     return orjson.dumps(data)
 
 
@@ -80,6 +85,8 @@ def open_log(path: str) -> Iterator[tuple[IO[bytes], BinaryIO | None]]:
     try:
         buffered: Any = io.BufferedReader(raw, READ_BUFFER)
         if buffered.peek(2)[:2] == GZIP_MAGIC:
+            import gzip
+
             yield gzip.GzipFile(fileobj=buffered, mode="rb"), raw if owned else None  # type: ignore[misc]
         else:
             yield buffered, raw if owned else None
@@ -348,6 +355,8 @@ def _parse_python(
     rules: RetryRules,
     tz: datetime.tzinfo,
 ) -> None:
+    import zlib
+
     from processors.exim.correlator import Correlator
     from processors.exim.parser import parse_line
 
