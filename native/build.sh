@@ -3,6 +3,9 @@
 #
 #     native/build.sh .venv/bin        # PGO=0 in the environment: a plain release build
 #
+# The code is compiled for this machine's CPU (`-Ctarget-cpu=native`): the extension is built where
+# it runs. TARGET_CPU=x86-64-v2 (or another LLVM CPU name) builds one that runs on other machines.
+#
 # The build is profile-guided (PGO) when LLVM's profile tool can be had from rustup: an instrumented
 # build parses a generated fleet and the corpus of real Exim logs beside the repository, and the final
 # build is laid out for the branches and calls that run took. Without the tool the build is plain: the
@@ -11,7 +14,8 @@ set -euo pipefail
 
 bin=$1
 repo=$(cd "$(dirname "$0")/.." && pwd)
-plain() { TRACKDELIVERY_NATIVE_BUILD=release "$bin/pip" install -q "$repo/native"; }
+cpu="-Ctarget-cpu=${TARGET_CPU:-native}"
+plain() { RUSTFLAGS="$cpu" TRACKDELIVERY_NATIVE_BUILD=release "$bin/pip" install -q "$repo/native"; }
 
 if [ "${PGO:-1}" = 0 ]; then
     plain
@@ -32,7 +36,7 @@ fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 echo "native: profile-guided build (instrumented build, training run, optimised build)" >&2
-RUSTFLAGS="-Cprofile-generate=$work/raw" CARGO_TARGET_DIR="$repo/native/target/pgo-generate" \
+RUSTFLAGS="$cpu -Cprofile-generate=$work/raw" CARGO_TARGET_DIR="$repo/native/target/pgo-generate" \
     TRACKDELIVERY_NATIVE_BUILD=instrumented "$bin/pip" install -q "$repo/native"
 
 # the training run: both outputs over a generated fleet (another seed than bench/parse.py's log) and
@@ -54,4 +58,4 @@ for output in events lines; do
 done
 
 "$profdata" merge -o "$work/merged.profdata" "$work/raw"
-RUSTFLAGS="-Cprofile-use=$work/merged.profdata" TRACKDELIVERY_NATIVE_BUILD=pgo "$bin/pip" install -q "$repo/native"
+RUSTFLAGS="$cpu -Cprofile-use=$work/merged.profdata" TRACKDELIVERY_NATIVE_BUILD=pgo "$bin/pip" install -q "$repo/native"
