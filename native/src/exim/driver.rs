@@ -23,6 +23,8 @@ pub const RELEASE_EVERY: u64 = 200_000;
 pub const WINDOW_LINES: u64 = 10_000;
 pub const WINDOW_CHECK_EVERY: u64 = 1000;
 pub const PROGRESS_EVERY: u64 = 65_536;
+/// Lines parsed before they are correlated.
+const PARSE_BATCH: usize = 32;
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
 
 /// One input: a path (`-` for stdin) and the server its lines belong to.
@@ -383,23 +385,35 @@ fn read_lines<R: Read>(
         filled += read;
         let mut start = 0;
         {
-            // one parsed line for the chunk, refilled line after line (its lists keep their capacity)
-            let mut line = ParsedLine::new(LineKind::Unknown, Cow::Borrowed(""));
-            while start < filled {
-                let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
-                    Some(offset) => start + offset,
-                    None if at_end => filled,
-                    None => break,
-                };
-                number += 1;
-                parse_line_with(&buffer[start..end], run.clock, &mut line, detail);
-                one_line(run, state, &input.server, &line, number)?;
-                if number.is_multiple_of(PROGRESS_EVERY) {
-                    if let Some(progress) = run.progress.as_mut() {
-                        progress(index, taken(reader));
+            // Lines are parsed a batch at a time, then correlated: the parser's code and the
+            // correlator's each stay in the instruction cache for a batch. The parsed lines are
+            // refilled batch after batch (their lists keep their capacity).
+            let mut lines: Vec<ParsedLine<'_>> =
+                (0..PARSE_BATCH).map(|_| ParsedLine::new(LineKind::Unknown, Cow::Borrowed(""))).collect();
+            loop {
+                let mut parsed = 0;
+                while parsed < PARSE_BATCH && start < filled {
+                    let end = match memchr::memchr(b'\n', &buffer[start..filled]) {
+                        Some(offset) => start + offset,
+                        None if at_end => filled,
+                        None => break,
+                    };
+                    parse_line_with(&buffer[start..end], run.clock, &mut lines[parsed], detail);
+                    parsed += 1;
+                    start = end + 1;
+                }
+                for line in &lines[..parsed] {
+                    number += 1;
+                    one_line(run, state, &input.server, line, number)?;
+                    if number.is_multiple_of(PROGRESS_EVERY) {
+                        if let Some(progress) = run.progress.as_mut() {
+                            progress(index, taken(reader));
+                        }
                     }
                 }
-                start = end + 1;
+                if parsed < PARSE_BATCH {
+                    break; // the chunk's complete lines are done
+                }
             }
         }
         buffer.copy_within(start.min(filled)..filled, 0);
