@@ -73,6 +73,9 @@ impl<T: Copy + PartialEq> FirstSeenCounts<T> {
 pub trait Sink {
     /// Write all of `chunk` and leave it empty (or replace it with an empty buffer).
     fn write_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<()>;
+    /// Write all of `bytes`. True when the sink may still read them after the call: the caller must
+    /// then neither change nor free them.
+    fn write_kept(&mut self, bytes: &[u8]) -> io::Result<bool>;
     fn flush(&mut self) -> io::Result<()>;
 }
 
@@ -136,18 +139,37 @@ struct Held {
 }
 
 /// Encoded events are appended to blocks of this size, reused once every event in them is written.
-const BLOCK_BYTES: usize = 256 * 1024;
+const BLOCK_BYTES: usize = 1 << 20;
 
 struct Block {
     bytes: Vec<u8>,
     /// Held events whose JSON is in this block.
     live: u32,
+    /// The sink may still read the block's bytes: never free or reuse them.
+    kept: bool,
+}
+
+impl Drop for Block {
+    fn drop(&mut self) {
+        if self.kept {
+            std::mem::forget(std::mem::take(&mut self.bytes)); // the sink may still read them
+        }
+    }
+}
+
+/// Events taken from the window whose JSON lines lie one after the other in a block, not written yet.
+struct Unwritten {
+    block: u64,
+    start: usize,
+    end: usize,
 }
 
 /// `EventWindow` of cli.py: holds events so that a re-emission (same event id) replaces the first
 /// version instead of being written twice. An event keeps the place and line number of its first
 /// version. Events are encoded as they come, while their texts are in cache, one after the other into
-/// a few reused blocks (a buffer per event would spread them over megabytes).
+/// a few reused blocks (a buffer per event would spread them over megabytes), each followed by its
+/// newline. Events leave in the order they came, which is mostly the order of their JSON in the
+/// blocks: the sink is given runs of a block as they are, not copies.
 #[derive(Default)]
 struct EventWindow {
     held: VecDeque<Held>,
@@ -158,6 +180,7 @@ struct EventWindow {
     /// The number of `blocks[0]`.
     first_block: u64,
     spare: Vec<Vec<u8>>,
+    unwritten: Option<Unwritten>,
 }
 
 impl EventWindow {
@@ -181,16 +204,18 @@ impl EventWindow {
     /// Append the event's JSON to the last block (a new one when it may not fit): (block, start, len).
     fn encode(&mut self, event: &DeliveryEvent) -> (u64, u32, u32) {
         let bound = event_bound(event);
-        let fits = self.blocks.back().is_some_and(|last| last.bytes.len() + bound <= last.bytes.capacity());
+        // the JSON and its newline; a block never grows past its capacity (the sink may hold its bytes)
+        let fits = self.blocks.back().is_some_and(|last| last.bytes.len() + bound < last.bytes.capacity());
         if !fits {
             let mut bytes = self.spare.pop().unwrap_or_default();
-            bytes.reserve(BLOCK_BYTES.max(bound));
-            self.blocks.push_back(Block { bytes, live: 0 });
+            bytes.reserve(BLOCK_BYTES.max(bound + 1));
+            self.blocks.push_back(Block { bytes, live: 0, kept: false });
         }
         let number = self.first_block + self.blocks.len() as u64 - 1;
         let Some(last) = self.blocks.back_mut() else { unreachable!("a block was just added") };
         let start = last.bytes.len();
         push_event(&mut last.bytes, event, bound);
+        last.bytes.push(b'\n');
         last.live += 1;
         (number, start as u32, (last.bytes.len() - start) as u32)
     }
@@ -207,27 +232,51 @@ impl EventWindow {
                 break;
             }
             types.add(held.kind, held.kind.index());
-            let at = (held.block - self.first_block) as usize;
-            if let Some(block) = self.blocks.get_mut(at) {
-                let start = held.start as usize;
-                out.buffer.extend_from_slice(&block.bytes[start..start + held.len as usize]);
-                block.live -= 1;
+            let (key, block, start, end) =
+                (held.key, held.block, held.start as usize, (held.start + held.len) as usize);
+            if let Some(counted) = self.blocks.get_mut((block - self.first_block) as usize) {
+                counted.live -= 1;
             }
-            self.sequence_of.remove(&held.key);
+            match &mut self.unwritten {
+                Some(run) if run.block == block && run.end == start => run.end = end,
+                _ => {
+                    self.write_unwritten(out)?;
+                    self.unwritten = Some(Unwritten { block, start, end });
+                }
+            }
+            self.sequence_of.remove(&key);
             self.held.pop_front();
             self.first_sequence += 1;
-            out.end_line()?;
         }
         self.release_blocks();
         Ok(())
     }
 
-    /// Give the written blocks at the front back for reuse (never the last: events are appended to it).
+    /// Hand the events taken but not written yet to the sink.
+    fn write_unwritten(&mut self, out: &mut Output<'_>) -> io::Result<()> {
+        let Some(run) = self.unwritten.take() else { return Ok(()) };
+        out.flush()?; // what was written before, first
+        let Some(block) = self.blocks.get_mut((run.block - self.first_block) as usize) else { return Ok(()) };
+        let written = out.sink.write_kept(&block.bytes[run.start..run.end]);
+        out.write_failed = written.is_err();
+        block.kept |= written?;
+        Ok(())
+    }
+
+    /// Give the written blocks at the front back for reuse (never the last: events are appended to it;
+    /// nor one with events still to be written).
     fn release_blocks(&mut self) {
-        while self.blocks.len() > 1 && self.blocks.front().is_some_and(|block| block.live == 0) {
+        let unwritten = self.unwritten.as_ref().map_or(u64::MAX, |run| run.block);
+        while self.blocks.len() > 1
+            && self.first_block < unwritten
+            && self.blocks.front().is_some_and(|block| block.live == 0)
+        {
             if let Some(mut block) = self.blocks.pop_front() {
-                block.bytes.clear();
-                self.spare.push(block.bytes);
+                if !block.kept {
+                    let mut bytes = std::mem::take(&mut block.bytes);
+                    bytes.clear();
+                    self.spare.push(bytes);
+                }
             }
             self.first_block += 1;
         }
@@ -331,6 +380,7 @@ pub fn run(
             run.correlator.flush(run.classifier, &mut state.produced);
             state.produced_at.resize(state.produced.len(), total);
             state.drain(total)?;
+            state.window.write_unwritten(&mut state.out)?;
         }
         state.out.flush()?;
         state.out.write_failed = true;

@@ -58,27 +58,47 @@ impl LocalClock for PythonClock<'_> {
 /// A Python binary stream's `write`, called once per output chunk with a read-only memoryview of
 /// the chunk (no copy into a bytes object); the view is released once `write` returns, so a stream
 /// that kept it gets an error on use instead of reading freed memory. If the view cannot be released
-/// (the stream holds a buffer export of it), the chunk is leaked rather than freed.
+/// (the stream holds a buffer export of it), the memory is never freed.
 struct PythonWriter<'py> {
     write: Bound<'py, PyAny>,
 }
 
-impl Sink for PythonWriter<'_> {
-    fn write_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<()> {
+impl PythonWriter<'_> {
+    /// `write(view)`'s outcome, and whether the view could not be released (the stream holds it).
+    fn write_view(&mut self, bytes: &[u8]) -> (io::Result<()>, bool) {
         let py = self.write.py();
-        let size = pyo3::ffi::Py_ssize_t::try_from(chunk.len()).map_err(io::Error::other)?;
-        // SAFETY: the view covers `chunk`, which is neither changed nor freed before the view is
-        // released below (or is leaked when it cannot be released).
+        let size = match pyo3::ffi::Py_ssize_t::try_from(bytes.len()) {
+            Ok(size) => size,
+            Err(error) => return (Err(io::Error::other(error)), false),
+        };
+        // SAFETY: the view is read-only over `bytes`, which the caller neither changes nor frees before
+        // the view is released below, or ever when it cannot be released (reported as kept).
         let view = unsafe {
-            let pointer = pyo3::ffi::PyMemoryView_FromMemory(chunk.as_mut_ptr().cast(), size, pyo3::ffi::PyBUF_READ);
-            Bound::from_owned_ptr_or_err(py, pointer).map_err(|error| python_io_error(py, error))?
+            let pointer =
+                pyo3::ffi::PyMemoryView_FromMemory(bytes.as_ptr().cast_mut().cast(), size, pyo3::ffi::PyBUF_READ);
+            match Bound::from_owned_ptr_or_err(py, pointer) {
+                Ok(view) => view,
+                Err(error) => return (Err(python_io_error(py, error)), false),
+            }
         };
         let written = self.write.call1((&view,)).map(drop).map_err(|error| python_io_error(py, error));
-        if view.call_method0("release").is_err() {
+        (written, view.call_method0("release").is_err())
+    }
+}
+
+impl Sink for PythonWriter<'_> {
+    fn write_chunk(&mut self, chunk: &mut Vec<u8>) -> io::Result<()> {
+        let (written, kept) = self.write_view(chunk);
+        if kept {
             std::mem::forget(std::mem::take(chunk));
         }
         chunk.clear();
         written
+    }
+
+    fn write_kept(&mut self, bytes: &[u8]) -> io::Result<bool> {
+        let (written, kept) = self.write_view(bytes);
+        written.map(|()| kept)
     }
 
     fn flush(&mut self) -> io::Result<()> {

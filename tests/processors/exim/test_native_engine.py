@@ -137,6 +137,32 @@ def test_lines_after_a_message_completed_give_the_same_events(fleet: Path, tmp_p
         assert_same("--output", output, late)
 
 
+def test_output_memory_a_stream_keeps_is_never_reused(fleet: Path) -> None:
+    """The engine hands `write` views of its own buffers; a stream that keeps a view (here through a
+    buffer export, so the view cannot be released) must find the same bytes there later."""
+    import pickle
+
+    import trackdelivery_native
+
+    from processors.exim.retry import DEFAULT_RETRY_RULES
+    from trackdelivery.events import SCHEMA_VERSION
+
+    logs = sorted(fleet.glob("*/exim_mainlog"))
+    kept: list[tuple[bytes, pickle.PickleBuffer]] = []
+
+    def write(view: memoryview) -> None:
+        kept.append((bytes(view), pickle.PickleBuffer(view)))
+
+    for events in (True, False):
+        kept.clear()
+        pairs = [(str(log), log.parent.name) for log in logs]
+        trackdelivery_native.exim_parse_files(pairs, events, DEFAULT_RETRY_RULES, SCHEMA_VERSION, write)
+        assert kept
+        assert all(bytes(buffer.raw()) == copy for copy, buffer in kept)
+        output = b"".join(copy for copy, _ in kept)
+        assert output == parse("native", "--output", "events" if events else "lines", *logs)[1]
+
+
 def test_gzip_and_stdin_give_what_the_plain_file_gives(fleet: Path, tmp_path: Path) -> None:
     log = sorted(fleet.glob("*/exim_mainlog"))[0]
     data = log.read_bytes()
