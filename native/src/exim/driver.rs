@@ -452,9 +452,25 @@ fn read_lines<R: Read>(
                     parsed += 1;
                     start = end + 1;
                 }
-                for line in &lines[..parsed] {
+                // the batch's messages looked up together: their cache misses overlap
+                let mut found = [usize::MAX; PARSE_BATCH];
+                if run.events {
+                    let mut previous: (Option<&str>, usize) = (None, usize::MAX);
+                    for (line, found) in lines[..parsed].iter().zip(&mut found) {
+                        // a message's lines often come one after the other
+                        *found = match line.msgid.as_deref() {
+                            Some(msgid) if previous.0 == Some(msgid) => previous.1,
+                            msgid => {
+                                let index = run.correlator.look_up(&input.server, line);
+                                previous = (msgid, index);
+                                index
+                            }
+                        };
+                    }
+                }
+                for (line, &found) in lines[..parsed].iter().zip(&found) {
                     number += 1;
-                    one_line(run, state, &input.server, line, number)?;
+                    one_line(run, state, &input.server, line, found, number)?;
                     if number.is_multiple_of(PROGRESS_EVERY) {
                         if let Some(progress) = run.progress.as_mut() {
                             progress(index, taken(reader));
@@ -477,6 +493,7 @@ fn one_line(
     state: &mut State<'_>,
     server: &Text,
     line: &ParsedLine<'_>,
+    found: usize,
     number: u64,
 ) -> io::Result<()> {
     state.kinds.add(line.kind, line.kind.index());
@@ -488,7 +505,7 @@ fn one_line(
         state.last_time = time;
     }
     let at = state.total_lines + number;
-    run.correlator.feed(server, line, run.classifier, &mut state.produced);
+    run.correlator.feed_looked_up(server, line, found, run.classifier, &mut state.produced);
     state.produced_at.resize(state.produced.len(), at);
     if state.produced.len() >= ID_BATCH {
         state.settle();

@@ -173,6 +173,10 @@ impl Packed {
         Some(packed)
     }
 
+    pub(super) fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     pub(super) fn unpack(&self) -> MessageState {
         let mut reader = Reader(&self.bytes);
         let msgid = reader.text();
