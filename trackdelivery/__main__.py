@@ -1,3 +1,3 @@
-from trackdelivery.cli import main
+from trackdelivery.cli import run
 
-main()
+run()

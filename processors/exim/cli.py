@@ -338,6 +338,9 @@ def _parse_native(
         Counter({LineKind(kind): count for kind, count in kinds}),
         Counter({EventType(kind): count for kind, count in event_types}) if events_wanted else None,
     )
+    from trackdelivery.cli import exit_without_teardown
+
+    exit_without_teardown()  # the native engine has closed its files and written everything
 
 
 def _local_epoch(tz: datetime.tzinfo) -> Callable[[str], float | None]:

@@ -191,3 +191,39 @@ def test_a_failure_linked_to_its_bounce_is_written_once() -> None:
     bounce = [record for record in records if record["msgid"] == "1tsxC1-0000000GkC-3333"]
     assert [record["type"] for record in bounce] == ["in_progress"]
     assert bounce[0]["parent_msgid"] == "1tsxC0-0000000GkB-2222" and bounce[0]["sender"] == ""
+
+
+def test_the_program_skips_the_teardown_after_a_native_parse(
+    engine: str, log_file: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`trackdelivery parse` with the native engine ends with `os._exit(0)` once everything is written
+    (the interpreter's teardown is a few milliseconds of every run); the Python engine ends normally."""
+    import sys
+
+    import trackdelivery.cli as cli
+
+    class Exited(Exception):
+        pass
+
+    exits: list[int] = []
+
+    def fake_exit(code: int) -> None:
+        exits.append(code)
+        raise Exited
+
+    monkeypatch.setattr(cli.os, "_exit", fake_exit)
+    monkeypatch.setattr(cli, "_skip_teardown", False)
+    monkeypatch.delitem(sys.modules, "coverage", raising=False)  # a measured run keeps its teardown
+    monkeypatch.setattr(sys, "argv", ["trackdelivery", "parse", "--output", "events", str(log_file)])
+    if engine == "native":
+        with pytest.raises(Exited):
+            cli.run()
+        assert exits == [0]
+    else:
+        with pytest.raises(SystemExit) as done:
+            cli.run()
+        assert done.value.code == 0
+        assert exits == []
+    out, err = capfd.readouterr()
+    assert len(out.splitlines()) == len(invoke("--output", "events", str(log_file))[1])
+    assert "events:" in err
