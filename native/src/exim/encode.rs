@@ -655,7 +655,9 @@ pub(super) fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent, bound: usize)
         c.field_text(key!("delivered_to"), &event.delivered_to);
         c.put(key!("event_id"));
         c.byte(b'"');
-        c.put(&event.event_id.hex());
+        for word in event.event_id.hex_words() {
+            c.put(&word.to_le_bytes());
+        }
         c.put(b"\"}");
         let written = cursor.at.offset_from(base) as usize;
         debug_assert!(written <= bound);
