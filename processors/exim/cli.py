@@ -63,13 +63,13 @@ def encode_event(event: DeliveryEvent) -> bytes:
 
 
 def encode_line(number: int, server: str, line: ParsedLine) -> bytes:
+    import orjson
+
     data: dict[str, Any] = {"line": number, "server": server, "kind": line.kind, "msgid": line.msgid}
     for name in _LINE_FIELDS:
         value = getattr(line, name)
         if value is not None and value != "" and value != [] and value != {} and value is not False:
             data[name] = value
-    import orjson
-
     return orjson.dumps(data)
 
 

@@ -1438,7 +1438,7 @@ impl Correlator {
     /// checks it), its state being loaded into the cache meanwhile. Looked up one after the other, the
     /// lines of a batch wait for memory together instead of one by one.
     pub fn look_up(&self, server: &Text, line: &ParsedLine<'_>) -> usize {
-        let Some(sid) = self.engine.last_server.filter(|&id| *self.engine.servers[id as usize].name == **server) else {
+        let Some(sid) = self.engine.last_server_id(server) else {
             return usize::MAX;
         };
         let Some(msgid) = line.msgid.as_deref().filter(|msgid| !msgid.is_empty()) else {
@@ -1562,12 +1562,17 @@ fn reemitted(stored: &DeliveryEvent, arrival: &Arrival) -> DeliveryEvent {
 }
 
 impl Engine {
-    fn server_id(&mut self, server: &Text) -> u32 {
-        if let Some(id) = self.last_server {
+    /// The last line's server's number when `server` is that server.
+    fn last_server_id(&self, server: &Text) -> Option<u32> {
+        self.last_server.filter(|&id| {
             let known = &self.servers[id as usize].name;
-            if std::rc::Rc::ptr_eq(known, server) || **known == **server {
-                return id;
-            }
+            std::rc::Rc::ptr_eq(known, server) || **known == **server
+        })
+    }
+
+    fn server_id(&mut self, server: &Text) -> u32 {
+        if let Some(id) = self.last_server_id(server) {
+            return id;
         }
         let id = match self.server_ids.get(server) {
             Some(&id) => id,

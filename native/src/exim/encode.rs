@@ -593,17 +593,18 @@ pub(super) fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent, bound: usize)
         c.put(key!("time"));
         let time = c.float(event.time);
         let time_bits = event.time.to_bits();
-        let mut arrival: Option<(u64, Written)> = None;
-        let when = |c: &mut Cursor, key: &[u8], value: Option<f64>, arrival: &mut Option<(u64, Written)>| {
+        // the first other time written (usually the arrival), with its bits
+        let mut other: Option<(u64, Written)> = None;
+        let when = |c: &mut Cursor, key: &[u8], value: Option<f64>, other: &mut Option<(u64, Written)>| {
             c.put(key);
             match value {
                 None => c.put(b"null"),
                 Some(value) if value.to_bits() == time_bits => c.again(time),
-                Some(value) => match *arrival {
+                Some(value) => match *other {
                     Some((bits, text)) if bits == value.to_bits() => c.again(text),
                     _ => {
                         let text = c.float(value);
-                        arrival.get_or_insert((value.to_bits(), text));
+                        other.get_or_insert((value.to_bits(), text));
                     }
                 },
             }
@@ -611,7 +612,7 @@ pub(super) fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent, bound: usize)
         c.field_text(key!("recipient"), &event.recipient);
         c.field_text(key!("original_recipient"), &event.original_recipient);
         c.field_text(key!("recipient_domain"), &event.recipient_domain);
-        when(c, key!("arrival_time"), event.arrival_time, &mut arrival);
+        when(c, key!("arrival_time"), event.arrival_time, &mut other);
         c.field_text(key!("sender"), &event.sender);
         c.field_text(key!("sender_domain"), &event.sender_domain);
         c.field_text(key!("cpanel_user"), &event.cpanel_user);
@@ -645,10 +646,10 @@ pub(super) fn push_event(out: &mut Vec<u8>, event: &DeliveryEvent, bound: usize)
         c.field_text(key!("hint"), &event.hint);
         c.put(b",\"retry\":{\"attempt\":");
         c.int(event.retry.attempt);
-        when(c, key!("first_attempt"), event.retry.first_attempt, &mut arrival);
-        when(c, key!("last_attempt"), event.retry.last_attempt, &mut arrival);
-        when(c, key!("next_retry"), event.retry.next_retry, &mut arrival);
-        when(c, key!("give_up"), event.retry.give_up, &mut arrival);
+        when(c, key!("first_attempt"), event.retry.first_attempt, &mut other);
+        when(c, key!("last_attempt"), event.retry.last_attempt, &mut other);
+        when(c, key!("next_retry"), event.retry.next_retry, &mut other);
+        when(c, key!("give_up"), event.retry.give_up, &mut other);
         c.byte(b'}');
         c.field_text(key!("bounce_msgid"), &event.bounce_msgid);
         c.field_text(key!("parent_msgid"), &event.parent_msgid);
