@@ -25,6 +25,7 @@ from trackdelivery.devenv.ports import free_port, port_open
 from trackdelivery.devenv.services import DevServices, default_state_dir
 
 COMMAND = [sys.executable, "-m", "trackdelivery"]
+HISTORY_DAYS = 5
 
 
 class Children:
@@ -129,12 +130,14 @@ def main(log_path: Path | None, server: str, servers: int, messages: int, rate: 
             fleet = demo_dir / "fleet"
             if fleet.exists():
                 subprocess.run(["rm", "-rf", str(fleet)], check=True)
-            start = (datetime.now(UTC) - timedelta(days=2)).replace(microsecond=0)
+            # five days of history: a message expires after four days of deferrals (Exim's default retry
+            # rules), so with less the page may show no `expired` event, depending on the hour it starts
+            start = (datetime.now(UTC) - timedelta(days=HISTORY_DAYS)).replace(microsecond=0)
             click.echo(f"generating {servers} servers, {messages} messages, then {rate} lines/s live …")
             children.start("generate", [
                 "generate", "--servers", str(servers), "--messages", str(messages), "--out", str(fleet),
-                "--start", start.isoformat(), "--days", "2", "--follow", "--rate", str(rate), "--no-progress",
-                "--incidents", "all",
+                "--start", start.isoformat(), "--days", str(HISTORY_DAYS), "--follow", "--rate", str(rate),
+                "--no-progress", "--incidents", "all",
             ])
             wait_until(lambda: (fleet / "manifest.json").exists() or children.check(), 600, "the generator")
             shipped = sorted((p.parent.name, p) for p in fleet.glob("*/exim_mainlog"))
