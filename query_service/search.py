@@ -1021,8 +1021,8 @@ class DeliverySearch:
         lines: list[str] = []
         if lines_visible:
             stored_msgid = clean_text(msgid, max_chars).encode("utf-8", "replace")
-            decoded = self._listed_lines(listed_lines, stored_msgid) + self._chunk_lines(chunks, stored_msgid)
-            kept = list(dict.fromkeys(decoded))[: settings.max_lines_per_message]
+            listed = list(dict.fromkeys(self._listed_lines(listed_lines, stored_msgid)))
+            kept = (listed + self._chunk_lines(chunks, stored_msgid))[: settings.max_lines_per_message]
             lines.extend(text.decode("utf-8", "replace") for text in kept)
         visible.sort(key=lambda event: (event.time, event.event_id))
         bounces = sorted({event.bounce_msgid for event in visible if event.bounce_msgid})
@@ -1041,8 +1041,10 @@ class DeliverySearch:
         return lines
 
     def _chunk_lines(self, chunks: dict[bytes, bytes], msgid: bytes) -> list[bytes]:
-        """A message's raw lines from its chunks, ordered by second, file and offset (chunks written again
-        after a crash may overlap; the caller drops repeated lines)."""
+        """A message's raw lines from its chunks, ordered by second, file and offset, each once: chunks
+        written again after a crash may overlap, and a line is the same line when its place and text are.
+        Two lines of the same text at different places are both shown (Exim repeats a host's error for
+        each recipient it tried)."""
         ordered: list[tuple[int, bytes, int, int, bytes]] = []
         for name in sorted(chunks):
             tag = name[5:7]
@@ -1055,7 +1057,8 @@ class DeliverySearch:
             for number, (second, offset, text) in enumerate(decoded):
                 ordered.append((second, tag, offset, number, text))
         ordered.sort(key=lambda line: line[:3])
-        return [line[4] for line in ordered]
+        places = {(second, tag, offset, text): text for second, tag, offset, _, text in ordered}
+        return list(places.values())
 
     # -- stats -----------------------------------------------------------------------------------------------
 

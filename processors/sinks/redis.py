@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import time as clock
 from collections.abc import Callable, Sequence
@@ -63,16 +64,20 @@ Pipeline = aioredis.client.Pipeline | aioredis.cluster.ClusterPipeline
 _NO_OFFSET = b"\x00" * 4
 
 #: KEYS[1] = message hash; ARGV = expiry, number of records, line cap, (field, record) pairs, then
-#: (field, line chunk, mark field, offsets) for each chunk. Stores each record whose field is absent and
-#: returns the previous values (nil = new). A chunk's lines at or below its file's mark (the highest
-#: offset stored by an earlier call) were stored before: a chunk of only such lines is skipped, and the
-#: line count, which the cap applies to, counts only the others (a batch processed again after a retry
-#: packs the same lines into other chunks). A chunk without a mark (lines without offsets) counts all its
-#: lines. Chunks are stored while the count is below the cap. Moves the expiry later, never earlier. One
-#: key: safe on Redis Cluster.
+#: (field, line chunk, mark field, offsets) for each chunk, in log order. Stores each record whose field is
+#: absent. A chunk's lines at or below its file's mark (the highest offset stored by an earlier call) were
+#: stored before: a chunk of only such lines is skipped, and the line count, which the cap applies to,
+#: counts only the others (a batch processed again after a retry packs the same lines into other chunks).
+#: A chunk without a mark (lines without offsets) counts all its lines. A chunk is stored only when all
+#: its new lines fit under the cap; the first chunk that does not fit, and every chunk after it, is not
+#: stored, and the reply says how many of its new lines still fit (the caller stores those as a chunk of
+#: their own), so a message keeps exactly its first ``cap`` lines however the batches cut them. Moves the
+#: expiry later, never earlier. Returns {previous record values (nil = new), cut} with cut = {} or
+#: {chunk number (1-based), lines that fit, its file's mark before this call}. One key: safe on Redis
+#: Cluster.
 STORE_RECORDS = """
 local key = KEYS[1]
-local olds = {}
+local olds, cut = {}, {}
 local a = 4
 for r = 1, tonumber(ARGV[2]) do
   local old = redis.call('HGET', key, ARGV[a])
@@ -83,7 +88,7 @@ end
 if a <= #ARGV then
   local count = tonumber(redis.call('HGET', key, '#') or '0')
   local cap, added = tonumber(ARGV[3]), 0
-  local marks, raised = {}, {}
+  local marks, raised, number = {}, {}, 1
   while a <= #ARGV do
     local chunk, mark = ARGV[a + 1], ARGV[a + 2]
     local fresh, top = string.byte(chunk, 1) * 256 + string.byte(chunk, 2), -1
@@ -96,11 +101,16 @@ if a <= #ARGV then
         if offset > top then top = offset end
       end
     end
-    if fresh > 0 and count + added < cap and redis.call('HSETNX', key, ARGV[a], chunk) == 1 then
-      added = added + fresh
-      if mark ~= '' and top > (raised[mark] or -1) then raised[mark] = top end
+    if fresh > 0 and #cut == 0 and count + added < cap and redis.call('HEXISTS', key, ARGV[a]) == 0 then
+      if count + added + fresh > cap then
+        cut = {number, cap - count - added, mark ~= '' and marks[mark] or -1}
+      else
+        redis.call('HSET', key, ARGV[a], chunk)
+        added = added + fresh
+        if mark ~= '' and top > (raised[mark] or -1) then raised[mark] = top end
+      end
     end
-    a = a + 4
+    a, number = a + 4, number + 1
   end
   if added > 0 then redis.call('HINCRBY', key, '#', added) end
   for mark, top in pairs(raised) do
@@ -109,7 +119,7 @@ if a <= #ARGV then
 end
 local at = tonumber(ARGV[1])
 if redis.call('EXPIRETIME', key) < at then redis.call('EXPIREAT', key, at) end
-return olds
+return {olds, cut}
 """
 
 #: KEYS = every key the ops name; ARGV = ops, each ``op, key number`` then its arguments:
@@ -207,12 +217,22 @@ class _Chunk:
     value: bytes
     mark: bytes  # the field of the file's highest stored offset; empty for lines without offsets
     offsets: tuple[int, ...]
+    # what it was packed from, to pack the part that fits under the cap when the whole does not
+    lines: tuple[codec.ChunkLine, ...] = dataclasses.field(repr=False, compare=False, default=())
+    file: str = ""
+    msgid: bytes = b""
 
     def fresh_lines(self, mark_before: int) -> int:
         """How many of the lines were not stored before (all of them without a mark)."""
         if not self.mark:
             return codec.chunk_line_count(self.value)
         return sum(offset > mark_before for offset in self.offsets)
+
+    def first_fresh(self, mark_before: int, wanted: int) -> list[codec.ChunkLine]:
+        """The first ``wanted`` of the lines not stored before: what fits under the cap of a chunk that
+        does not fit whole."""
+        fresh = [line for line in self.lines if not self.mark or line[1] > mark_before]
+        return fresh[:wanted]
 
 
 @dataclass(slots=True)
@@ -445,6 +465,8 @@ class RedisWriter:
         if (self._store_sha is None or self._bulk_sha is None) and not cluster:
             self._store_sha = codec.as_bytes(await self.client.script_load(STORE_RECORDS)).decode()
             self._bulk_sha = codec.as_bytes(await self.client.script_load(BULK_WRITES)).decode()
+        for message in messages.values():  # (again, when NOSCRIPT made the caller redo this round)
+            message.chunks.clear()
         stats.lines = self._chunk_lines(messages, lines, now)
         per_message: dict[bytes, list[_Prepared]] = {}
         for item in prepared:
@@ -471,9 +493,7 @@ class RedisWriter:
                 arguments: list[bytes | int] = [message.expire_at, len(pairs), cap]
                 for field_name, blob in pairs:
                     arguments += [field_name, blob]
-                for chunk in message.chunks:
-                    arguments += [chunk.field, chunk.value, chunk.mark, " ".join(map(str, chunk.offsets)).encode()]
-                pipe.evalsha(self._store_sha or "", 1, key, *arguments)
+                self._queue_store(pipe, key, arguments, message.chunks)
         expiries: dict[bytes, int] = {}
         additions: dict[bytes, dict[bytes, int]] = {}
         for item in prepared:
@@ -506,13 +526,42 @@ class RedisWriter:
                     position += len(message.chunks)
                 position += 2
         else:
-            olds_per_message = replies[: len(messages)]
+            olds_per_message = [olds for olds, _ in replies[: len(messages)]]
+            cuts = [(message, cut) for message, (_, cut) in zip(messages.values(), replies, strict=False) if cut]
+            if cuts:
+                await self._store_cut_chunks(cuts)
         for (key, message), olds in zip(messages.items(), olds_per_message, strict=True):
             items = per_message.get(key, [])
             for item, old in zip(items, olds, strict=False):
                 item.old = old
             if message.arrival_blob is not None:
                 message.old_arrival = olds[len(items)]
+
+    def _queue_store(self, pipe: Pipeline, key: bytes, arguments: list[bytes | int], chunks: list[_Chunk]) -> None:
+        for chunk in chunks:
+            arguments += [chunk.field, chunk.value, chunk.mark, " ".join(map(str, chunk.offsets)).encode()]
+        pipe.evalsha(self._store_sha or "", 1, key, *arguments)
+
+    async def _store_cut_chunks(self, cuts: list[tuple[_Message, list[int]]]) -> None:
+        """Stores, per message whose lines reached the cap in this write, the new lines of the chunk that
+        did not fit whole that still fit (STORE_RECORDS checks the cap again: a line stored meanwhile by
+        anything else counts, and what does not fit then is dropped)."""
+        cap = self.settings.max_lines_per_message
+        calls = [
+            (message, self._cut_chunks(message.chunks[int(number) - 1], int(mark_before), int(fits)))
+            for message, (number, fits, mark_before) in cuts
+        ]
+        for attempt in range(2):
+            pipe = self.client.pipeline(transaction=False)
+            for message, chunks in calls:
+                self._queue_store(pipe, message.key, [message.expire_at, 0, cap], chunks)
+            try:
+                await pipe.execute()
+                return
+            except NoScriptError:  # the script cache was flushed since round 1: load it and redo only this
+                if attempt:
+                    raise
+                self._store_sha = codec.as_bytes(await self.client.script_load(STORE_RECORDS)).decode()
 
     def _prepare(self, event: DeliveryEvent, now: float) -> _Prepared | None:
         settings = self.settings
@@ -662,7 +711,7 @@ class RedisWriter:
                 messages[key] = message = _Message(key=key, expire_at=expire_at)
             message.expire_at = max(message.expire_at, expire_at)
         count = 0
-        most = min(MAX_LINES_PER_CHUNK, settings.max_lines_per_message)  # a message keeps < cap + one chunk
+        most = min(MAX_LINES_PER_CHUNK, settings.max_lines_per_message)
         for (key, file), entries in grouped.items():
             chunk_lines = [
                 (int(line.time), line.offset if line.offset >= 0 else number, text)
@@ -670,6 +719,8 @@ class RedisWriter:
             ]
             # lines read at a known place of a known file are recognised when written again
             mark = line_mark_field(file) if file and all(line.offset >= 0 for line, _ in entries) else b""
+            if mark:  # in file order, whatever order the batch gave them: the cap keeps a file's first lines
+                chunk_lines.sort(key=lambda chunk_line: chunk_line[1])
             count += len(chunk_lines)
             for start in range(0, len(chunk_lines), most):
                 packed = self._pack_chunks(chunk_lines[start : start + most], msgids[key], file, mark)
@@ -691,7 +742,12 @@ class RedisWriter:
         payload = codec.line_chunk_payload(chunk, msgid)
         name = line_chunk_field(chunk[0][0], file, chunk[0][1], payload)
         offsets = tuple(offset for _, offset, _ in chunk) if mark else ()
-        return _Chunk(name, self.compression.pack_line_chunk(len(chunk), payload), mark, offsets)
+        value = self.compression.pack_line_chunk(len(chunk), payload)
+        return _Chunk(name, value, mark, offsets, tuple(chunk), file, msgid)
+
+    def _cut_chunks(self, chunk: _Chunk, mark_before: int, fits: int) -> list[_Chunk]:
+        """The first ``fits`` new lines of ``chunk`` (which does not fit under the cap whole), packed."""
+        return self._pack_chunks(chunk.first_fresh(mark_before, fits), chunk.msgid, chunk.file, chunk.mark)
 
     def _queue_directory(self, pipe: Pipeline, prepared: list[_Prepared], now: float) -> None:
         """Notes which time-index buckets hold which types (lets a no-filter search skip empty buckets)."""
@@ -754,16 +810,26 @@ class RedisWriter:
         pipe = self.client.pipeline(transaction=False)
         cap = self.settings.max_lines_per_message
         for message in chunked:  # a cluster stored chunks unconditionally: what STORE_RECORDS does, after the fact
-            added = 0
+            added, full = 0, False
             raised: dict[bytes, int] = {}
             for chunk, stored in zip(message.chunks, message.chunks_stored, strict=True):
                 if not stored:
                     continue
-                fresh = chunk.fresh_lines(message.marks_before.get(chunk.mark, -1))
-                if fresh > 0 and message.lines_before + added < cap:
+                mark_before = message.marks_before.get(chunk.mark, -1)
+                fresh = chunk.fresh_lines(mark_before)
+                kept = [chunk]
+                if fresh > 0 and not full and message.lines_before + added < cap:
+                    if message.lines_before + added + fresh > cap:
+                        full, fits = True, cap - message.lines_before - added
+                        pipe.hdel(message.key, chunk.field)
+                        kept = self._cut_chunks(chunk, mark_before, fits)
+                        for part in kept:
+                            pipe.hsetnx(message.key, part.field, part.value)
+                        fresh = fits
                     added += fresh
                     if chunk.mark:
-                        raised[chunk.mark] = max(raised.get(chunk.mark, -1), *chunk.offsets)
+                        top = max(offset for part in kept for offset in part.offsets)
+                        raised[chunk.mark] = max(raised.get(chunk.mark, -1), top)
                 else:
                     pipe.hdel(message.key, chunk.field)
             if added:

@@ -24,11 +24,15 @@ from trackdelivery.store.keys import is_record_field
 from trackdelivery.store.types import StoreSettings
 
 
-def generate_fleet(out: Path, servers: int, messages: int, seed: int = 7, days: float = 1.0) -> list[Path]:
-    """A generated fleet log (``DIR/<server>/exim_mainlog``) ending about now; the log files by server."""
+def generate_fleet(
+    out: Path, servers: int, messages: int, seed: int = 7, days: float = 1.0, start: datetime.datetime | None = None
+) -> list[Path]:
+    """A generated fleet log (``DIR/<server>/exim_mainlog``) ending about now, or starting at ``start``;
+    the log files by server."""
     from trackdelivery.generator.runner import FleetRun, GenerateConfig
 
-    start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(days=days + 0.1)
+    if start is None:
+        start = datetime.datetime.now(datetime.UTC).replace(microsecond=0) - datetime.timedelta(days=days + 0.1)
     run = FleetRun(GenerateConfig(servers=servers, messages=messages, out=out, seed=seed, days=days, start=start))
     try:
         run.run()

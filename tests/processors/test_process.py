@@ -280,7 +280,7 @@ def test_rebuild_into_a_fresh_redis_gives_the_same_answers(clean_run: CleanRun) 
             f"{name}: {line_chunk_inventory(url, deployment.prefix, *differing[0])}"
             for name, url in (("rebuilt", fresh_url), ("live", deployment.redis_url))
         ] if differing else []
-        raise AssertionError("\n".join([str(error), *report])) from None
+        raise AssertionError("\n".join([*report, str(error)])) from None  # CI shows a report's start
     refused = subprocess.run(
         [sys.executable, "-m", "trackdelivery", "rebuild", "--redis-url", fresh_url],
         cwd=REPO_ROOT, env=env, capture_output=True, timeout=120, check=False,

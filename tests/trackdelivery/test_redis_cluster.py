@@ -34,7 +34,7 @@ from query_service.settings import QueryServiceSettings
 from query_service.tokens import TokenStore
 from tests.query_service.asgi import AsgiClient, running
 from tests.query_service.fleet_data import SERVERS, Fleet, build_fleet
-from tests.trackdelivery.store.factories import snapshot
+from tests.trackdelivery.store.factories import over_the_cap, snapshot
 from trackdelivery.connections import count_keys, redis_client, sync_redis_client
 from trackdelivery.devenv.redis import RedisClusterServers
 from trackdelivery.events import DeliveryEvent, EventType, Reason
@@ -295,6 +295,28 @@ async def test_lines_written_again_in_other_batches_count_once_on_the_cluster(
     assert sorted(name for name in single if is_line_chunk_field(name)) == sorted(
         name for name in cluster if is_line_chunk_field(name)
     )
+
+
+async def test_a_message_over_the_cap_keeps_the_same_first_lines_on_the_cluster(
+    twin: Twin, clients: tuple[aioredis.Redis, aioredis.RedisCluster]
+) -> None:
+    """The cluster path cuts the chunk that reaches the cap as the single Redis's script does."""
+    event = twin.fleet.events[1]
+    store = twin.store.model_copy(update={"prefix": f"{twin.prefix}c", "max_lines_per_message": 20})
+    lines = over_the_cap(event, 47)
+    records = []
+    for client in clients:
+        writer = RedisWriter(client, store)
+        for start, end in ((0, 9), (9, 16), (16, 31), (5, 25), (31, 47)):
+            await writer.write([event], lines[start:end])
+        view = await DeliverySearch(client, store).message(event.server, event.msgid or "")
+        assert view is not None and view.lines == [line.text for line in lines[:20]]
+        records.append(await client.hgetall(KeySpace(store).message(message_ref(event.server, event.msgid or ""))))
+    single, cluster = records
+    assert single[LINE_COUNT_FIELD] == cluster[LINE_COUNT_FIELD] == b"20"
+    assert {name: value for name, value in single.items() if is_line_chunk_field(name)} == {
+        name: value for name, value in cluster.items() if is_line_chunk_field(name)
+    }
 
 
 @pytest.mark.parametrize("dimension", ["user", "sender_domain", "server"])

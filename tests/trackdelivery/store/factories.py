@@ -10,7 +10,7 @@ import redis
 
 from trackdelivery.events import DeliveryEvent, EventType, Reason, RetryState
 from trackdelivery.generator.ids import new_format_id
-from trackdelivery.store.types import StoreSettings
+from trackdelivery.store.types import MessageLine, StoreSettings
 
 NOW = float(int(time.time()))  # the "now" the tests pass to search(); stored data expires from real time
 
@@ -116,3 +116,13 @@ def snapshot(client: redis.Redis | redis.RedisCluster, prefix: str | None = None
             content = kind
         state[key] = (kind, content, client.ttl(key) > 0)
     return state
+
+
+def over_the_cap(event: DeliveryEvent, count: int) -> list[MessageLine]:
+    """``count`` lines of one message and file, a third of them the same host error (Exim repeats it)."""
+    repeated = f"{event.msgid} H=mx.example.com: SMTP timeout"
+    return [
+        MessageLine(event.server, event.msgid or "", event.time + n // 6,
+                    repeated if n % 3 == 0 else f"{event.msgid} -> r{n}@a.example", "inode-9", 90 * n)
+        for n in range(count)
+    ]
