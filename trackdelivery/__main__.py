@@ -1,3 +1,3 @@
-from trackdelivery.cli import run
+from trackdelivery.program import run
 
 run()

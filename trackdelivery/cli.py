@@ -4,11 +4,13 @@ so ``trackdelivery parse`` does not pay for importing faust or FastAPI."""
 from __future__ import annotations
 
 import importlib
-import os
-import sys
 from typing import Any
 
 import click
+
+from trackdelivery.program import exit_without_teardown, run
+
+__all__ = ["SUBCOMMANDS", "LazyGroup", "exit_without_teardown", "main", "run"]
 
 # name -> "module:attribute" of a click command or group
 SUBCOMMANDS: dict[str, str] = {
@@ -45,33 +47,6 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="trackdelivery")
 def main() -> None:
     """Fleet-wide Track Delivery for Exim mail servers."""
-
-
-_skip_teardown = False
-
-
-def exit_without_teardown() -> None:
-    """For a command whose process holds nothing that needs tearing down (no files or sockets to close,
-    no atexit work): `run` then ends the process without the interpreter's teardown of modules and
-    objects, a few milliseconds of every `trackdelivery parse`."""
-    global _skip_teardown
-    _skip_teardown = True
-
-
-def run() -> None:
-    """The program: `main`, ended with `os._exit` when the command asked for it (see
-    `exit_without_teardown`) and no coverage measurement waits for the interpreter's exit."""
-    try:
-        main()
-    except SystemExit as done:
-        if not _skip_teardown or not isinstance(done.code, int | None) or "coverage" in sys.modules:
-            raise
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        except OSError:
-            raise done from None
-        os._exit(done.code or 0)
 
 
 if __name__ == "__main__":

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import functools
-import importlib
 import io
 import os
 import sys
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO
 
 import click
 
+from processors.exim.native_run import (
+    ParseFailed,
+    load_native,
+    progress_bar,
+    run_native,
+    server_name_for,
+    summary,
+)
 from processors.exim.types import LineKind, ParsedLine
 from trackdelivery.events import SCHEMA_VERSION, DeliveryEvent, EventType
 
@@ -30,25 +34,10 @@ WRITE_CHUNK = 1 << 20
 RELEASE_EVERY = 200_000  # lines between two releases of finished messages
 WINDOW_LINES = 10_000  # events wait this many lines for a re-emission (bounce link) before being written
 WINDOW_CHECK_EVERY = 1000
-PROGRESS_MIN_BYTES = 32 << 20
 TABLE_MAX_ROWS = 10_000
-GENERIC_LOG_NAMES = ("exim_mainlog", "mainlog", "main.log")
 
 _LINE_FIELDS = tuple(f.name for f in dataclasses.fields(ParsedLine) if f.name not in ("kind", "msgid"))
 _EVENT_PREFIX = b'{"v":' + str(SCHEMA_VERSION).encode() + b","
-
-
-def server_name_for(path: str) -> str:
-    """The server a log file belongs to: the folder of an ``exim_mainlog``, else the file's stem."""
-    if path == "-":
-        return "stdin"
-    file = Path(path)
-    name = file.name
-    for suffix in (".gz", ".log"):
-        name = name.removesuffix(suffix)
-    if name.startswith(GENERIC_LOG_NAMES) and file.resolve().parent.name:
-        return file.resolve().parent.name
-    return name.split(".")[0] or name
 
 
 # orjson, gzip and zlib are imported where the Python engine uses them: the native engine's start-up
@@ -273,19 +262,10 @@ def _native_engine(engine: str, table: bool) -> Any:
         return None
     if table:
         raise click.BadParameter("the native engine writes JSON lines only; use --engine python", param_hint="--engine")
-    # The engine's heap (mimalloc) in 2 MiB pages when it is loaded here: its state takes tens of MB, each
-    # page touched for the first time, and in a virtual machine a first touch of a 4 KiB page can cost
-    # ~10 µs (up to 0.25 s of system time per million lines, measured). The variable is mimalloc's own.
-    os.environ.setdefault("MIMALLOC_ALLOW_LARGE_OS_PAGES", "1")
     try:
-        native: Any = importlib.import_module("trackdelivery_native")
-    except ImportError:
-        native = None
-    if native is None or not hasattr(native, "exim_parse_files"):
-        if engine == "native":
-            raise click.ClickException("the native engine is not built: run `make install` (or pip install ./native)")
-        return None
-    return native
+        return load_native(engine)
+    except ParseFailed as error:
+        raise click.ClickException(str(error)) from error
 
 
 def _parse_native(
@@ -296,57 +276,10 @@ def _parse_native(
     rules: RetryRules,
     tz: datetime.tzinfo,
 ) -> None:
-    """The same work as ``_parse_python`` in ``trackdelivery_native``: it reads the files and writes stdout."""
-    pairs = [(path, server or server_name_for(path)) for path in inputs]
-    now = time.time()
-    progress = _progress(inputs)
-    tasks: dict[int, Any] = {}
-
-    def report(index: int, done: int) -> None:
-        path = inputs[index]
-        if progress is None or path == "-":
-            return
-        if index not in tasks:
-            tasks[index] = progress.add_task(path, total=os.path.getsize(path))
-        progress.update(tasks[index], completed=done)
-
-    stdout = click.get_binary_stream("stdout")
     try:
-        lines, kinds, event_types = native.exim_parse_files(
-            pairs,
-            events_wanted,
-            rules,
-            SCHEMA_VERSION,
-            stdout.write,
-            click.get_binary_stream("stdin").read if "-" in inputs else None,
-            None if tz is datetime.UTC else _local_epoch(tz),
-            now,
-            datetime.datetime.fromtimestamp(now, tz).year,
-            report if progress else None,
-        )
-        stdout.flush()
-    except BrokenPipeError:
-        sys.stderr.close()
-        os._exit(0)
-    except OSError as error:
+        run_native(native, inputs, server, events_wanted, rules, tz)
+    except ParseFailed as error:
         raise click.ClickException(str(error)) from error
-    finally:
-        if progress:
-            progress.stop()
-    _summary(
-        lines,
-        Counter({LineKind(kind): count for kind, count in kinds}),
-        Counter({EventType(kind): count for kind, count in event_types}) if events_wanted else None,
-    )
-    from trackdelivery.cli import exit_without_teardown
-
-    exit_without_teardown()  # the native engine has closed its files and written everything
-
-
-def _local_epoch(tz: datetime.tzinfo) -> Callable[[str], float | None]:
-    from processors.exim.parser import local_epoch
-
-    return functools.partial(local_epoch, default_tz=tz)
 
 
 def _parse_python(
@@ -369,7 +302,7 @@ def _parse_python(
     event_types: Counter[EventType] = Counter()
     total_lines = 0
     last_time = 0.0
-    progress = _progress(inputs)
+    progress = progress_bar(inputs)
 
     def emit(event: DeliveryEvent) -> None:
         event_types[event.type] += 1
@@ -423,28 +356,4 @@ def _parse_python(
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. | head): nothing more to say
         os._exit(0)
-    _summary(total_lines, kinds, event_types if events_wanted else None)
-
-
-def _progress(inputs: tuple[str, ...]) -> Any:
-    if not sys.stderr.isatty():
-        return None
-    sizes = [os.path.getsize(path) for path in inputs if path != "-"]
-    if sum(sizes) < PROGRESS_MIN_BYTES:
-        return None
-    from rich.progress import Progress
-
-    progress = Progress(transient=True)
-    progress.start()
-    return progress
-
-
-def _summary(lines: int, kinds: Counter[LineKind], event_types: Counter[EventType] | None) -> None:
-    unknown = kinds.get(LineKind.UNKNOWN, 0)
-    parts = [f"{lines} lines, {unknown} unknown"]
-    parts.append("kinds: " + ", ".join(f"{kind}={count}" for kind, count in kinds.most_common()))
-    if event_types is not None:
-        total = sum(event_types.values())
-        detail = ", ".join(f"{kind}={count}" for kind, count in event_types.most_common())
-        parts.append(f"events: {total}" + (f" ({detail})" if detail else ""))
-    click.echo("; ".join(parts), err=True)
+    summary(total_lines, kinds, event_types if events_wanted else None)

@@ -108,6 +108,28 @@ fn tail_word(rest: &[u8]) -> u64 {
     }
 }
 
+/// `a == b` for short texts, inline: for the interner's few dozen bytes a call to `memcmp` costs more
+/// than comparing the words.
+#[inline]
+fn short_eq(a: &[u8], b: &[u8]) -> bool {
+    let len = a.len();
+    if len != b.len() {
+        return false;
+    }
+    if len < 8 {
+        return tail_word(a) == tail_word(b);
+    }
+    let word = |bytes: &[u8], at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().unwrap_or([0; 8]));
+    let mut at = 0;
+    while at + 8 < len {
+        if word(a, at) != word(b, at) {
+            return false;
+        }
+        at += 8;
+    }
+    word(a, len - 8) == word(b, len - 8) // the last word, overlapping the one before when len % 8 != 0
+}
+
 /// `str.lower()` (Python 3.11), borrowing when nothing changes.
 pub fn py_lower(text: &str) -> Cow<'_, str> {
     if is_lower_ascii(text.as_bytes()) {
@@ -178,7 +200,7 @@ impl Interner {
         let hash = quick_hash(value.as_bytes());
         let slot = &mut self.slots[hash as usize % INTERNER_SLOTS];
         if let Some((known_hash, known)) = slot {
-            if *known_hash == hash && **known == *value {
+            if *known_hash == hash && short_eq(known.as_bytes(), value.as_bytes()) {
                 return known.clone();
             }
         }
@@ -2978,6 +3000,21 @@ pub mod probe {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_eq_is_equality() {
+        let base: Vec<u8> = (0..71u8).map(|at| at.wrapping_mul(29).wrapping_add(3)).collect();
+        for len in 0..base.len() {
+            let a = &base[..len];
+            assert!(short_eq(a, a), "{len} bytes");
+            assert!(!short_eq(a, &base[..len + 1]), "{len} bytes against {}", len + 1);
+            for at in 0..len {
+                let mut other = a.to_vec();
+                other[at] ^= 0x20;
+                assert!(!short_eq(a, &other), "{len} bytes, byte {at} differs");
+            }
+        }
+    }
 
     #[test]
     fn a_tail_word_is_the_bytes_padded_with_zeros() {

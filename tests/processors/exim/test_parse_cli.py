@@ -200,7 +200,7 @@ def test_the_program_skips_the_teardown_after_a_native_parse(
     (the interpreter's teardown is a few milliseconds of every run); the Python engine ends normally."""
     import sys
 
-    import trackdelivery.cli as cli
+    import trackdelivery.program as program
 
     class Exited(Exception):
         pass
@@ -211,17 +211,17 @@ def test_the_program_skips_the_teardown_after_a_native_parse(
         exits.append(code)
         raise Exited
 
-    monkeypatch.setattr(cli.os, "_exit", fake_exit)
-    monkeypatch.setattr(cli, "_skip_teardown", False)
+    monkeypatch.setattr(program.os, "_exit", fake_exit)
+    monkeypatch.setattr(program, "_skip_teardown", False)
     monkeypatch.delitem(sys.modules, "coverage", raising=False)  # a measured run keeps its teardown
     monkeypatch.setattr(sys, "argv", ["trackdelivery", "parse", "--output", "events", str(log_file)])
     if engine == "native":
         with pytest.raises(Exited):
-            cli.run()
+            program.run()
         assert exits == [0]
     else:
         with pytest.raises(SystemExit) as done:
-            cli.run()
+            program.run()
         assert done.value.code == 0
         assert exits == []
     out, err = capfd.readouterr()
