@@ -18,12 +18,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
 
 from processors.exim.types import LineKind
 from trackdelivery.events import SCHEMA_VERSION, EventType
 
+TYPE_CHECKING = False  # as in trackdelivery.events: no import of typing on this path
 if TYPE_CHECKING:
+    from typing import Any
+
     from processors.exim.retry import RetryRules
 
 PROGRESS_MIN_BYTES = 32 << 20

@@ -15,7 +15,10 @@ use super::encode::{event_bound, push_event, push_line};
 use super::parser::{parse_line_with, Detail};
 use super::types::{Classify, DeliveryEvent, EventType, LineKind, LocalClock, ParsedLine, Text};
 
-pub const READ_CHUNK: usize = 1 << 20;
+/// Bytes read at a time: small enough that the lines just read are still in the core's L2 cache (1 MiB
+/// on the EPYC this was measured on, shared with the correlator's state) when they are parsed; 128 KiB
+/// ran ~2% faster than 1 MiB, and 64 or 256 KiB no faster than 128.
+pub const READ_CHUNK: usize = 1 << 17;
 pub const WRITE_CHUNK: usize = 1 << 20;
 /// Lines between two releases of finished messages (`RELEASE_EVERY` in cli.py).
 pub const RELEASE_EVERY: u64 = 200_000;
