@@ -15,11 +15,10 @@ from click.testing import CliRunner
 
 from processors.exim.cli import parse
 from processors.exim.native_run import PLAIN_OPTIONS, plain_arguments
-from tests.processors.exim.test_native_engine import native_built
+from tests.processors._support import REPO_ROOT
+from tests.processors.exim.test_native_engine import require_native
 from tests.processors.exim.test_parse_cli import LOG
 from trackdelivery.cli import main
-
-REPO = Path(__file__).resolve().parents[3]
 
 #: runs the console script's `run` and, when the process ends by `os._exit`, says whether click was loaded
 PROBE = """
@@ -38,10 +37,7 @@ run()
 
 @pytest.fixture(autouse=True)
 def _native_required(monkeypatch: pytest.MonkeyPatch) -> None:
-    if not native_built():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI builds the native engine (`make install`); it is missing")
-        pytest.skip("the native engine is not built here (make install)")
+    require_native()
     monkeypatch.delenv("TRACKDELIVERY_PARSE_ENGINE", raising=False)
 
 
@@ -58,7 +54,7 @@ def logs(tmp_path: Path) -> tuple[Path, Path]:
 def program(*args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> tuple[int, bytes, str, bool]:
     """(exit code, stdout, stderr without the probe's line, whether the process ran without click)."""
     done = subprocess.run(
-        [sys.executable, "-c", PROBE, *args], input=stdin, capture_output=True, cwd=REPO,
+        [sys.executable, "-c", PROBE, *args], input=stdin, capture_output=True, cwd=REPO_ROOT,
         env={**os.environ, **(env or {})}, timeout=60, check=False,
     )
     stderr = done.stderr.decode()

@@ -6,7 +6,6 @@ engine of ``trackdelivery parse`` (a real process; its events read back from its
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections import defaultdict
@@ -19,7 +18,7 @@ from processors.exim.correlator import Correlator
 from processors.exim.parser import parse_line
 from processors.exim.types import LineKind, ParsedLine
 from tests.processors.exim.corpus import corpus_dir
-from tests.processors.exim.test_native_engine import native_built
+from tests.processors.exim.test_native_engine import require_native
 from trackdelivery.events import DeliveryEvent, EventType, Reason
 
 REPO = Path(__file__).resolve().parents[3]
@@ -27,10 +26,8 @@ REPO = Path(__file__).resolve().parents[3]
 
 @pytest.fixture(params=["library", "native"])
 def engine(request: pytest.FixtureRequest) -> str:
-    if request.param == "native" and not native_built():
-        if os.environ.get("CI") == "true":
-            pytest.fail("CI builds the native engine (`make install`); it is missing")
-        pytest.skip("the native engine is not built here (make install)")
+    if request.param == "native":
+        require_native()
     return str(request.param)
 
 
