@@ -9,7 +9,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 PYTEST_ARGS ?=
 WALK_MODULE := redis-module/target/release/libtrackdelivery_redis.so
 
-.PHONY: install system-deps kafka-jars lint format test test-chaos bench demo dev-up dev-down clean lock config-docs
+.PHONY: install system-deps kafka-jars lint format test test-chaos bench demo dev-up dev-down clean lock config-docs engine-table
 
 install: system-deps $(VENV)/.installed $(VENV)/.native $(WALK_MODULE) kafka-jars
 
@@ -62,6 +62,10 @@ format: install
 
 config-docs: install
 	$(BIN)/python -m trackdelivery.settings_doc
+
+# the native engine's copy of the reason and retry rules; a test fails while it is stale
+engine-table: install
+	$(BIN)/python -m processors.exim.engine_table
 
 # the native crate's own unit tests (a debug build: quicker to compile), then everything else
 test: install

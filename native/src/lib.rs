@@ -640,6 +640,7 @@ fn trackdelivery_native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("BUILD", BUILD)?;
     module.add_class::<RowDecoder>()?;
     module.add_function(wrap_pyfunction!(exim::python::exim_parse_files, module)?)?;
+    module.add("StaleEngineTable", module.py().get_type::<exim::table::StaleEngineTable>())?;
     module.add_function(wrap_pyfunction!(exim::python::exim_event_id, module)?)?;
     module.add_class::<exim::reasons::NativeClassifier>()?;
     module.add_class::<exim::correlator::probe::NativeCorrelatorProbe>()?;

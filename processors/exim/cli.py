@@ -356,4 +356,4 @@ def _parse_python(
     except BrokenPipeError:
         sys.stderr.close()  # the reader went away (e.g. | head): nothing more to say
         os._exit(0)
-    summary(total_lines, kinds, event_types if events_wanted else None)
+    summary(total_lines, kinds.items(), event_types.items() if events_wanted else None)

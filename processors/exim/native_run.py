@@ -11,19 +11,15 @@ here to the click command's.
 
 from __future__ import annotations
 
-import datetime
 import importlib
 import os
 import sys
 import time
-from collections import Counter
-from collections.abc import Callable, Sequence
-
-from processors.exim.types import LineKind
-from trackdelivery.events import SCHEMA_VERSION, EventType
 
 TYPE_CHECKING = False  # as in trackdelivery.events: no import of typing on this path
 if TYPE_CHECKING:
+    import datetime
+    from collections.abc import Callable, Iterable, Sequence
     from typing import Any
 
     from processors.exim.retry import RetryRules
@@ -93,16 +89,24 @@ def progress_bar(inputs: Sequence[str]) -> Any:
     return progress
 
 
-def summary(lines: int, kinds: Counter[LineKind], event_types: Counter[EventType] | None) -> None:
-    """The closing line on stderr: lines, unknown lines, kinds and event types seen."""
-    unknown = kinds.get(LineKind.UNKNOWN, 0)
+def summary(lines: int, kinds: Iterable[tuple[str, int]], event_types: Iterable[tuple[str, int]] | None) -> None:
+    """The closing line on stderr: lines, unknown lines, kinds and event types seen, each as (name, count)
+    pairs, most common first (ties in the order given)."""
+    kinds = most_common(kinds)
+    unknown = sum(count for kind, count in kinds if kind == "unknown")
     parts = [f"{lines} lines, {unknown} unknown"]
-    parts.append("kinds: " + ", ".join(f"{kind}={count}" for kind, count in kinds.most_common()))
+    parts.append("kinds: " + ", ".join(f"{kind}={count}" for kind, count in kinds))
     if event_types is not None:
-        total = sum(event_types.values())
-        detail = ", ".join(f"{kind}={count}" for kind, count in event_types.most_common())
+        event_types = most_common(event_types)
+        total = sum(count for _, count in event_types)
+        detail = ", ".join(f"{kind}={count}" for kind, count in event_types)
         parts.append(f"events: {total}" + (f" ({detail})" if detail else ""))
     print("; ".join(parts), file=sys.stderr, flush=True)
+
+
+def most_common(counts: Iterable[tuple[str, int]]) -> list[tuple[str, int]]:
+    """``Counter.most_common()`` of (name, count) pairs without importing collections."""
+    return sorted(counts, key=lambda pair: pair[1], reverse=True)
 
 
 def binary_stream(stream: Any) -> Any:
@@ -118,17 +122,33 @@ def local_epoch(tz: datetime.tzinfo) -> Callable[[str], float | None]:
     return functools.partial(parser_local_epoch, default_tz=tz)
 
 
+def engine_table_file() -> tuple[str, str]:
+    """(the engine table file, the folder its sources are named from): see ``processors.exim.engine_table``."""
+    here = os.path.dirname(os.path.realpath(__file__))
+    return os.path.join(here, "engine_table.json"), os.path.dirname(os.path.dirname(here))
+
+
 def run_native(
     native: Any,
     inputs: Sequence[str],
     server: str | None,
     events_wanted: bool,
-    rules: RetryRules,
-    tz: datetime.tzinfo,
+    rules: RetryRules | None,
+    tz: datetime.tzinfo | None,
 ) -> None:
-    """The Python engine's work in ``trackdelivery_native``: it reads the files and writes stdout."""
+    """The Python engine's work in ``trackdelivery_native``: it reads the files and writes stdout.
+
+    ``rules`` None: the default retry rules; ``tz`` None: UTC. The engine takes its table from the file
+    beside ``processors.exim.engine_table`` and, when that is stale, from the Python modules."""
     pairs = [(path, server or server_name_for(path)) for path in inputs]
     now = time.time()
+    if tz is None:
+        clock, year = None, time.gmtime(now).tm_year
+    else:
+        import datetime
+
+        clock = None if tz is datetime.UTC else local_epoch(tz)
+        year = datetime.datetime.fromtimestamp(now, tz).year
     progress = progress_bar(inputs)
     tasks: dict[int, Any] = {}
 
@@ -141,19 +161,27 @@ def run_native(
         progress.update(tasks[index], completed=done)
 
     stdout = binary_stream(sys.stdout)
-    try:
-        lines, kinds, event_types = native.exim_parse_files(
+
+    def parse(engine_table: tuple[str, str] | None) -> tuple[int, list[tuple[str, int]], list[tuple[str, int]]]:
+        return native.exim_parse_files(
             pairs,
             events_wanted,
             rules,
-            SCHEMA_VERSION,
+            None,  # the schema: the engine table's is checked
             stdout.write,
             binary_stream(sys.stdin).read if "-" in inputs else None,
-            None if tz is datetime.UTC else local_epoch(tz),
+            clock,
             now,
-            datetime.datetime.fromtimestamp(now, tz).year,
+            year,
             report if progress else None,
+            engine_table,
         )
+
+    try:
+        try:
+            lines, kinds, event_types = parse(engine_table_file())
+        except native.StaleEngineTable:
+            lines, kinds, event_types = parse(None)  # before any output: the table from the modules
         stdout.flush()
     except BrokenPipeError:
         sys.stderr.close()
@@ -163,11 +191,7 @@ def run_native(
     finally:
         if progress:
             progress.stop()
-    summary(
-        lines,
-        Counter({LineKind(kind): count for kind, count in kinds}),
-        Counter({EventType(kind): count for kind, count in event_types}) if events_wanted else None,
-    )
+    summary(lines, kinds, event_types if events_wanted else None)
     from trackdelivery.program import exit_without_teardown
 
     exit_without_teardown()  # the native engine has closed its files and written everything
@@ -216,8 +240,6 @@ def parse_without_click(argv: Sequence[str]) -> bool:
     native = load_native(options["--engine"])
     if native is None:
         return False
-    from processors.exim.retry import DEFAULT_RETRY_RULES
-
     output = options.get("--output", "events")
-    run_native(native, files or ["-"], options.get("--server"), output == "events", DEFAULT_RETRY_RULES, datetime.UTC)
+    run_native(native, files or ["-"], options.get("--server"), output == "events", None, None)
     return True

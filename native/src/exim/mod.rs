@@ -14,4 +14,5 @@ mod parser_words;
 pub mod python;
 pub mod reasons;
 pub mod retry;
+pub mod table;
 pub mod types;

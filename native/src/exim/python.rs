@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, Read};
+use std::path::PathBuf;
 use std::rc::Rc;
 
 use pyo3::exceptions::{PyBrokenPipeError, PyOSError, PyValueError};
@@ -13,6 +14,7 @@ use super::encode::SCHEMA_VERSION;
 use super::parser::UtcClock;
 use super::reasons::Classifier;
 use super::retry::RetryRules;
+use super::table;
 use super::types::LocalClock;
 
 /// Grace and staleness of the offline correlator (the Python `Correlator` defaults).
@@ -134,31 +136,45 @@ fn python_io_error(py: Python<'_>, error: PyErr) -> io::Error {
 /// `local_epoch(stamp)` converts times without an offset
 /// when the default zone is not UTC (None: UTC), with `now` and `year` for syslog stamps without a year.
 /// `progress(index, bytes)` is called now and then. Returns (lines, [(kind, count)], [(type, count)]).
+///
+/// The reason rules and the default retry rules (used when `retry_rules` is None) come from the engine
+/// table: the file `engine_table = (path, root)` when given (`StaleEngineTable` when it is older than
+/// its sources under `root`), else rendered from the Python modules. `schema_version` None: the table's
+/// schema is the one checked.
 #[pyfunction]
-#[pyo3(signature = (inputs, events, retry_rules, schema_version, write, read=None, local_epoch=None, now=0.0, year=0, progress=None))]
+#[pyo3(signature = (inputs, events, retry_rules, schema_version, write, read=None, local_epoch=None, now=0.0, year=0, progress=None, engine_table=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn exim_parse_files(
     py: Python<'_>,
     inputs: Vec<(String, String)>,
     events: bool,
-    retry_rules: &Bound<'_, PyAny>,
-    schema_version: i64,
+    retry_rules: Option<&Bound<'_, PyAny>>,
+    schema_version: Option<i64>,
     write: Bound<'_, PyAny>,
     read: Option<Bound<'_, PyAny>>,
     local_epoch: Option<Bound<'_, PyAny>>,
     now: f64,
     year: i32,
     progress: Option<Bound<'_, PyAny>>,
+    engine_table: Option<(PathBuf, PathBuf)>,
 ) -> PyResult<(u64, Vec<(&'static str, u64)>, Vec<(&'static str, u64)>)> {
-    if schema_version != SCHEMA_VERSION {
+    if let Some(expected) = schema_version.filter(|&expected| expected != SCHEMA_VERSION) {
         return Err(PyValueError::new_err(format!(
-            "the native parser writes events of schema {SCHEMA_VERSION}, Python expects {schema_version}: rebuild native/"
+            "the native parser writes events of schema {SCHEMA_VERSION}, Python expects {expected}: rebuild native/"
         )));
     }
+    let table = match &engine_table {
+        Some((path, root)) => table::parse(&table::load_current(path, root)?)?,
+        None => table::from_python(py)?,
+    };
+    let retry_rules = match retry_rules {
+        Some(rules) if !rules.is_none() => RetryRules::from_python(rules)?,
+        _ => table.retry,
+    };
     let inputs: Vec<Input> =
         inputs.into_iter().map(|(path, server)| Input { path, server: Rc::from(server.as_str()) }).collect();
-    let mut correlator = Correlator::new(RetryRules::from_python(retry_rules)?, GRACE_SECONDS, STALE_SECONDS, false);
-    let mut classifier = Classifier::from_python(py)?;
+    let mut correlator = Correlator::new(retry_rules, GRACE_SECONDS, STALE_SECONDS, false);
+    let mut classifier = Classifier::from_table(table.rules, table.hints)?;
     let mut utc = UtcClock;
     let mut python_clock;
     let clock: &mut dyn LocalClock = match local_epoch {

@@ -1,8 +1,9 @@
 //! The reason classifier: mirrors `processors/exim/reasons.py` (`classify`, `parse_codes`, `HINTS`).
 //!
-//! The rule table stays in Python. `Classifier::from_python` reads `RULES` and `HINTS` once, translates
-//! each rule's pattern (compiled there with `re.ASCII`) to the `regex` crate, and checks that the module's
-//! other constants are still the ones mirrored here. The answer is the Python one: the first applicable
+//! The rule table stays in Python. The classifier is built from the engine table (`table.rs`): `RULES` and
+//! `HINTS` as JSON, read from the file `processors/exim/engine_table.py` writes or rendered by that module.
+//! Each rule's pattern (compiled in Python with `re.ASCII`) is translated to the `regex` crate, and the
+//! module's other constants are checked to be still the ones mirrored here. The answer is the Python one: the first applicable
 //! rule, in table order, whose pattern matches the lower-cased text, else the first applicable rule without
 //! a pattern, else unknown.
 //!
@@ -13,7 +14,7 @@
 //!
 //! Patterns use only what can be mirrored exactly (ASCII `\b \d \s \S \w`, classes, lazy and counted
 //! repeats); a construct the `regex` crate lacks or reads differently (look-around, back-references,
-//! possessive repeats, inline flags) makes `from_python` fail rather than answer differently.
+//! possessive repeats, inline flags) makes the build fail rather than answer differently.
 
 use std::borrow::Cow;
 use std::sync::OnceLock;
@@ -34,19 +35,20 @@ const _: () = assert!(std::mem::align_of::<Classifier>() <= 16);
 type RuleSet = u128;
 const MAX_RULES: usize = RuleSet::BITS as usize;
 
-const MAX_SCAN: usize = 2048;
+pub(super) const MAX_SCAN: usize = 2048;
 /// `parse_codes` looks at `text[:32]`.
 const CODES_SCAN: usize = 32;
-const KINDS: [&str; 3] = ["defer", "fail", "reject"];
+pub(super) const KINDS: [&str; 3] = ["defer", "fail", "reject"];
 const DEFAULT_KIND: usize = 1;
-const PHASES: [&str; 8] = ["connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "end_of_data"];
+pub(super) const PHASES: [&str; 8] = ["connect", "ehlo", "starttls", "auth", "mail", "rcpt", "data", "end_of_data"];
 /// The slot of "no phase" in per-phase tables.
 const NO_PHASE: usize = PHASES.len();
-const REMOTE_ERROR: &str = "error from remote mail server after ";
-const LMTP_ERROR: &str = "lmtp error after ";
-const OTHER_PHASE_MARKERS: [&str; 3] = ["closed connection in response to ", "smtp timeout after ", "timeout after "];
+pub(super) const REMOTE_ERROR: &str = "error from remote mail server after ";
+pub(super) const LMTP_ERROR: &str = "lmtp error after ";
+pub(super) const OTHER_PHASE_MARKERS: [&str; 3] =
+    ["closed connection in response to ", "smtp timeout after ", "timeout after "];
 /// `_COMMAND_PHASES`; an empty phase means "skip this prefix and go on with the rest of the list".
-const COMMAND_PHASES: [(&str, &str); 11] = [
+pub(super) const COMMAND_PHASES: [(&str, &str); 11] = [
     ("pipelined ", ""),
     ("mail from", "mail"),
     ("rcpt to", "rcpt"),
@@ -60,9 +62,9 @@ const COMMAND_PHASES: [(&str, &str); 11] = [
     ("auth", "auth"),
 ];
 
-/// The Python sources of the module-level regexes mirrored by hand below; `from_python` refuses to build
+/// The Python sources of the module-level regexes mirrored by hand below; the classifier is not built
 /// when one has changed.
-const PYTHON_REGEXES: [(&str, &str); 4] = [
+pub(super) const PYTHON_REGEXES: [(&str, &str); 4] = [
     ("_CODES_RE", r"\s{0,8}([2-5][0-9]{2})(?:[ -]([2-5]\.[0-9]{1,3}\.[0-9]{1,3})(?![0-9.]))?(?=[ \-\r\n\\]|$)"),
     ("_ENHANCED_RE", r"([245])\.([0-9]{1,3})\.([0-9]{1,3})"),
     ("_RESPONSE_START_RE", r": (?=[2-5][0-9]{2}(?:[ -]|$))"),
@@ -684,130 +686,36 @@ fn config_error(message: String) -> PyErr {
     PyValueError::new_err(format!("processors.exim.reasons: {message}"))
 }
 
-/// A Python rule's attributes as read once at construction.
-struct PythonRule {
-    name: String,
-    reason: Reason,
-    source: Option<String>,
-    code_classes: Vec<i64>,
-    codes: Vec<i64>,
-    enhanced: Vec<Vec<Option<i64>>>,
-    errnos: Vec<i64>,
-    phases: Vec<String>,
-    kinds: Vec<String>,
-    without_code: bool,
-}
-
-fn read_rule(rule: &Bound<'_, PyAny>, ascii_flag: i64) -> PyResult<PythonRule> {
-    let name: String = rule.getattr("name")?.extract()?;
-    let reason_name: String = rule.getattr("reason")?.getattr("value")?.extract()?;
-    let reason = Reason::from_name(&reason_name)
-        .ok_or_else(|| config_error(format!("rule {name}: unknown reason {reason_name:?}")))?;
-    let pattern = rule.getattr("pattern")?;
-    let source = if pattern.is_none() {
-        None
-    } else {
-        let flags: i64 = pattern.getattr("flags")?.extract()?;
-        if flags != ascii_flag {
-            return Err(config_error(format!("rule {name}: pattern flags {flags}, only re.ASCII is mirrored")));
-        }
-        Some(pattern.getattr("pattern")?.extract::<String>()?)
-    };
-    let ints = |field: &str| -> PyResult<Vec<i64>> {
-        let mut values: Vec<i64> = rule.getattr(field)?.try_iter()?.map(|v| v?.extract()).collect::<PyResult<_>>()?;
-        values.sort_unstable();
-        Ok(values)
-    };
-    let strings =
-        |field: &str| -> PyResult<Vec<String>> { rule.getattr(field)?.try_iter()?.map(|v| v?.extract()).collect() };
-    Ok(PythonRule {
-        code_classes: ints("code_classes")?,
-        codes: ints("codes")?,
-        enhanced: rule.getattr("enhanced")?.extract()?,
-        errnos: ints("errnos")?,
-        phases: strings("phases")?,
-        kinds: strings("kinds")?,
-        without_code: rule.getattr("without_code")?.extract()?,
-        name,
-        reason,
-        source,
-    })
-}
-
-/// Refuses to build when a constant mirrored here differs from the Python module.
-fn check_mirrored_constants(module: &Bound<'_, PyModule>) -> PyResult<()> {
-    let max_scan: usize = module.getattr("MAX_SCAN")?.extract()?;
-    let mut kinds: Vec<String> = module.getattr("KINDS")?.try_iter()?.map(|v| v?.extract()).collect::<PyResult<_>>()?;
-    let mut phases: Vec<String> =
-        module.getattr("PHASES")?.try_iter()?.map(|v| v?.extract()).collect::<PyResult<_>>()?;
-    kinds.sort();
-    phases.sort();
-    let mut want_kinds = KINDS.to_vec();
-    let mut want_phases = PHASES.to_vec();
-    want_kinds.sort_unstable();
-    want_phases.sort_unstable();
-    let remote: String = module.getattr("_REMOTE_ERROR")?.extract()?;
-    let lmtp: String = module.getattr("_LMTP_ERROR")?.extract()?;
-    let markers: Vec<String> = module.getattr("_OTHER_PHASE_MARKERS")?.extract()?;
-    let command_phases: Vec<(String, String)> = module.getattr("_COMMAND_PHASES")?.extract()?;
-    let same = max_scan == MAX_SCAN
-        && kinds == want_kinds
-        && phases == want_phases
-        && remote == REMOTE_ERROR
-        && lmtp == LMTP_ERROR
-        && markers == OTHER_PHASE_MARKERS
-        && command_phases.iter().map(|(a, b)| (a.as_str(), b.as_str())).eq(COMMAND_PHASES.iter().copied());
-    if !same {
-        return Err(config_error("a constant mirrored in reasons.rs has changed".into()));
-    }
-    for (name, source) in PYTHON_REGEXES {
-        let actual: String = module.getattr(name)?.getattr("pattern")?.extract()?;
-        if actual != source {
-            return Err(config_error(format!("{name} has changed; reasons.rs mirrors {source:?}")));
-        }
-    }
-    Ok(())
-}
-
-fn read_hints(module: &Bound<'_, PyModule>) -> PyResult<Vec<Text>> {
-    let hints = module.getattr("HINTS")?;
-    let mut by_reason: Vec<Option<Text>> = vec![None; Reason::ALL.len()];
-    for item in hints.call_method0("items")?.try_iter()? {
-        let (key, hint): (Bound<'_, PyAny>, String) = item?.extract()?;
-        let name: String = key.getattr("value")?.extract()?;
-        if let Some(reason) = Reason::from_name(&name) {
-            by_reason[reason.index()] = Some(Text::from(hint));
-        }
-    }
-    Reason::ALL
-        .iter()
-        .map(|reason| {
-            by_reason[reason.index()]
-                .clone()
-                .ok_or_else(|| config_error(format!("HINTS has no hint for {}", reason.as_str())))
-        })
-        .collect()
+/// A rule of the engine table (`processors/exim/engine_table.py`).
+pub struct TableRule {
+    pub name: String,
+    pub reason: Reason,
+    pub source: Option<String>,
+    pub code_classes: Vec<i64>,
+    pub codes: Vec<i64>,
+    pub enhanced: Vec<Vec<Option<i64>>>,
+    pub errnos: Vec<i64>,
+    pub phases: Vec<String>,
+    pub kinds: Vec<String>,
+    pub without_code: bool,
 }
 
 impl Classifier {
-    /// Builds the classifier from `processors.exim.reasons` (`RULES`, `HINTS`).
+    /// Builds the classifier from `processors.exim.reasons` (`RULES`, `HINTS`), through the engine table.
     pub fn from_python(py: Python<'_>) -> PyResult<Classifier> {
-        let module = py.import("processors.exim.reasons")?;
-        check_mirrored_constants(&module)?;
-        let ascii_flag: i64 = py.import("re")?.getattr("ASCII")?.getattr("value")?.extract()?;
-        let python_rules = module
-            .getattr("RULES")?
-            .try_iter()?
-            .map(|rule| read_rule(&rule?, ascii_flag))
-            .collect::<PyResult<Vec<_>>>()?;
-        if python_rules.len() > MAX_RULES {
-            return Err(config_error(format!("{} rules; reasons.rs handles {MAX_RULES}", python_rules.len())));
-        }
-        let hints = read_hints(&module)?;
-        Classifier::build(python_rules, hints)
+        let table = super::table::from_python(py)?;
+        Classifier::from_table(table.rules, table.hints)
     }
 
-    fn build(python_rules: Vec<PythonRule>, hints: Vec<Text>) -> PyResult<Classifier> {
+    /// Builds the classifier from the rules and hints of the engine table.
+    pub fn from_table(rules: Vec<TableRule>, hints: Vec<Text>) -> PyResult<Classifier> {
+        if rules.len() > MAX_RULES {
+            return Err(config_error(format!("{} rules; reasons.rs handles {MAX_RULES}", rules.len())));
+        }
+        Classifier::build(rules, hints)
+    }
+
+    fn build(python_rules: Vec<TableRule>, hints: Vec<Text>) -> PyResult<Classifier> {
         let mut conditions = Conditions { by_phase: [0; PHASES.len() + 1], ..Conditions::default() };
         let mut rules = Vec::with_capacity(python_rules.len());
         let sources: Vec<Option<String>> = python_rules.iter().map(|rule| rule.source.clone()).collect();

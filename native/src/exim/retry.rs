@@ -1,5 +1,6 @@
 //! Exim retry rules: the computations of `processors/exim/retry.py` (`give_up`, `next_retry`,
-//! `schedule`). The spec text is parsed in Python; `RetryRules::from_python` reads the parsed rules.
+//! `schedule`). The spec text is parsed in Python; `RetryRules::from_python` reads the parsed rules, and
+//! the engine table (`table.rs`) holds the default ones.
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
