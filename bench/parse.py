@@ -199,6 +199,8 @@ def main() -> None:
     log(f"median: trackdelivery {our_rate:,.0f} lines/s, eximstats {their_rate:,.0f} lines/s, ratio {ratio:.2f}x")
     spread = sorted(rate / their_rate for rate in our_rates)
     log(f"single runs against that eximstats: {spread[0]:.2f}x to {spread[-1]:.2f}x (the machine is shared)")
+    best_ratio = max(our_rates) / max(their_rates)
+    log(f"fastest run of each: {best_ratio:.2f}x (the least disturbed runs; the target is judged on the median)")
     log(f"python engine: {python_rate:,.0f} lines/s ({python_rate / their_rate:.3f}x eximstats)")
     if args.profile:
         profile(path)
@@ -211,6 +213,7 @@ def main() -> None:
         "ratio_vs_eximstats": round(ratio, 3),
         # every run's ratio against the median eximstats: how far the machine's noise moved this one
         "run_ratios": [round(rate / their_rate, 3) for rate in our_rates],
+        "best_ratio": round(best_ratio, 3),
         "native_build": build,
         "target": TARGET,
     }
