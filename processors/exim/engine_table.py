@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -45,7 +46,7 @@ def digest(data: bytes) -> str:
 
 
 def _rule(rule: reasons.Rule) -> dict[str, Any]:
-    if rule.pattern is not None and rule.pattern.flags != reasons.re.ASCII:
+    if rule.pattern is not None and rule.pattern.flags != re.ASCII:
         raise ValueError(f"rule {rule.name}: pattern flags {rule.pattern.flags}, only re.ASCII is mirrored")
     return {
         "name": rule.name,
