@@ -76,6 +76,10 @@ def load_native(engine: str) -> Any:
         if engine == "native":
             raise ParseFailed("the native engine is not built: run `make install` (or pip install ./native)")
         return None
+    if not hasattr(native, "StaleEngineTable"):  # built from older sources: it takes no engine table
+        if engine == "native":
+            raise ParseFailed("the native engine is older than this code: run `make install` (or pip install ./native)")
+        return None
     return native
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
+import types
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,19 @@ def test_check_says_when_the_file_is_stale(monkeypatch: pytest.MonkeyPatch, tmp_
     assert engine_table.main([]) == 0
     assert stale.read_text(encoding="utf-8") == engine_table.render()
     assert engine_table.main(["--bad"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("attributes", "message"),
+    [
+        ({}, "not built"),
+        ({"exim_parse_files": print}, "older than this code"),  # a build from before the engine table
+    ],
+)
+def test_an_engine_without_the_table_is_not_used(
+    monkeypatch: pytest.MonkeyPatch, attributes: dict[str, Any], message: str
+) -> None:
+    monkeypatch.setitem(sys.modules, "trackdelivery_native", types.SimpleNamespace(**attributes))
+    assert native_run.load_native("auto") is None  # the Python engine runs instead
+    with pytest.raises(native_run.ParseFailed, match=message):
+        native_run.load_native("native")
