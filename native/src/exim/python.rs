@@ -164,7 +164,7 @@ pub fn exim_parse_files(
         )));
     }
     let table = match &engine_table {
-        Some((path, root)) => table::parse(&table::load_current(path, root)?)?,
+        Some((path, root)) => table::load_current(path, root)?,
         None => table::from_python(py)?,
     };
     let retry_rules = match retry_rules {

@@ -3,9 +3,9 @@
 //! The rule table stays in Python. The classifier is built from the engine table (`table.rs`): `RULES` and
 //! `HINTS` as JSON, read from the file `processors/exim/engine_table.py` writes or rendered by that module.
 //! Each rule's pattern (compiled in Python with `re.ASCII`) is translated to the `regex` crate, and the
-//! module's other constants are checked to be still the ones mirrored here. The answer is the Python one: the first applicable
-//! rule, in table order, whose pattern matches the lower-cased text, else the first applicable rule without
-//! a pattern, else unknown.
+//! module's other constants are checked to be still the ones mirrored here. The answer is the Python one:
+//! the first applicable rule, in table order, whose pattern matches the lower-cased text, else the first
+//! applicable rule without a pattern, else unknown.
 //!
 //! Python's trigger words are replaced by the literal start of every pattern alternative, looked up at
 //! each word boundary of the text (through the hash of its first two bytes): an alternative that is only

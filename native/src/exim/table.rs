@@ -39,12 +39,12 @@ fn table_error(message: String) -> PyErr {
 /// The table as `processors.exim.engine_table.render()` writes it from the Python modules.
 pub fn from_python(py: Python<'_>) -> PyResult<EngineTable> {
     let text: String = py.import("processors.exim.engine_table")?.call_method0("render")?.extract()?;
-    parse(&text)
+    read(&serde_json::from_str(&text).map_err(|error| table_error(error.to_string()))?)
 }
 
-/// The text of the table file at `path` when every source it names (relative to `root`) still has the
-/// digest the file records; `StaleEngineTable` when the file or a source cannot be read, or differs.
-pub fn load_current(path: &Path, root: &Path) -> PyResult<String> {
+/// The table in the file at `path` when every source it names (relative to `root`) still has the digest
+/// the file records; `StaleEngineTable` when the file or a source cannot be read, or differs.
+pub fn load_current(path: &Path, root: &Path) -> PyResult<EngineTable> {
     let stale = |why: String| StaleEngineTable::new_err(format!("{}: {why}", path.display()));
     let text = std::fs::read_to_string(path).map_err(|error| stale(error.to_string()))?;
     let table: Value = serde_json::from_str(&text).map_err(|error| stale(error.to_string()))?;
@@ -55,7 +55,7 @@ pub fn load_current(path: &Path, root: &Path) -> PyResult<String> {
             return Err(stale(format!("{name} has changed since the table was written")));
         }
     }
-    Ok(text)
+    read(&table)
 }
 
 /// BLAKE2b with 12 bytes of output, in hex (Python: `hashlib.blake2b(data, digest_size=12).hexdigest()`).
@@ -65,17 +65,16 @@ pub fn digest(data: &[u8]) -> String {
 
 /// Reads the table; a value of the wrong shape, a schema or a constant mirrored in `reasons.rs` that
 /// differs is an error.
-pub fn parse(text: &str) -> PyResult<EngineTable> {
-    let table: Value = serde_json::from_str(text).map_err(|error| table_error(error.to_string()))?;
+fn read(table: &Value) -> PyResult<EngineTable> {
     let schema = table.get("schema_version").and_then(Value::as_i64);
     if schema != Some(SCHEMA_VERSION) {
         return Err(table_error(format!(
             "events of schema {schema:?}; the native engine writes schema {SCHEMA_VERSION}: rebuild native/"
         )));
     }
-    check_mirrored(field(&table, "mirrored")?)?;
-    let rules = array(&table, "rules")?.iter().map(read_rule).collect::<PyResult<Vec<_>>>()?;
-    Ok(EngineTable { rules, hints: read_hints(field(&table, "hints")?)?, retry: read_retry(field(&table, "retry")?)? })
+    check_mirrored(field(table, "mirrored")?)?;
+    let rules = array(table, "rules")?.iter().map(read_rule).collect::<PyResult<Vec<_>>>()?;
+    Ok(EngineTable { rules, hints: read_hints(field(table, "hints")?)?, retry: read_retry(field(table, "retry")?)? })
 }
 
 fn field<'v>(value: &'v Value, name: &str) -> PyResult<&'v Value> {
